@@ -1,0 +1,337 @@
+//! The local runner: every imagegen handler in one process on the embedded adapters.
+//!
+//! It serves the HTTP API (the same router the `submit` and `poll` Lambdas serve), serves
+//! stored images through expiring signed URLs, and polls the embedded queues to feed the
+//! `generate` and `webhook` handlers the same `SqsEvent` batches Lambda would.
+//!
+//! Run it with `make run`, or `cargo run -p imagegen-local -- serve`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use imagegen::blob::FsBlobStore;
+use imagegen::http::ApiError;
+use imagegen::limiter::LocalLimiter;
+use imagegen::ports::{BlobStore, Provider, QueueConsumer, QueueName};
+use imagegen::provider::OfflineProvider;
+use imagegen::queue::SqliteQueue;
+use imagegen::secrets::SqliteSecrets;
+use imagegen::store::{SqliteDb, SqliteStore};
+use imagegen::webhook::{OutboundPolicy, WebhookSender};
+use imagegen::{handlers, service, App, AppSettings};
+use rand::RngCore;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub mod demo;
+
+/// How the local runner is set up.
+#[derive(Clone)]
+pub struct LocalConfig {
+    /// Holds `imagegen.sqlite`, `images/` and `signing.key`; survives restarts.
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub admin_token: SecretString,
+    /// Allow webhooks and image URLs on loopback and plain http (local demos and tests).
+    pub allow_loopback: bool,
+    /// Run the queue pollers; off only in tests that need jobs to stay queued.
+    pub workers: bool,
+    /// How long the embedded queue hides a received message.
+    pub visibility: Duration,
+    /// Receives before a message moves to the dead-letter queue.
+    pub max_receives: u32,
+    pub settings: AppSettings,
+    /// The provider; the offline renderer when `None`.
+    pub provider: Option<Arc<dyn Provider>>,
+}
+
+impl LocalConfig {
+    pub fn new(data_dir: PathBuf, admin_token: SecretString) -> Self {
+        Self {
+            data_dir,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token,
+            allow_loopback: true,
+            workers: true,
+            visibility: Duration::from_secs(180),
+            max_receives: 5,
+            settings: AppSettings::default(),
+            provider: None,
+        }
+    }
+}
+
+/// A started runner. Dropping it does not stop it; call [`Runner::shutdown`].
+pub struct Runner {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub app: App,
+    pub queue: SqliteQueue,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A failure to start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn fail<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StartError {
+    move |e| StartError(format!("{what}: {e}"))
+}
+
+/// Read the data folder's URL-signing key, making one on first start.
+fn signing_key(data_dir: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    let path = data_dir.join("signing.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() == 32 => Ok(key),
+        _ => {
+            let mut key = vec![0u8; 32];
+            rand::thread_rng().fill_bytes(&mut key);
+            std::fs::write(&path, &key).map_err(fail("cannot write signing key"))?;
+            Ok(key)
+        }
+    }
+}
+
+impl Runner {
+    /// Open the data folder, bind the port and start serving and polling.
+    ///
+    /// # Errors
+    /// [`StartError`] when the folder, database or port cannot be used.
+    pub async fn start(config: LocalConfig) -> Result<Runner, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(fail("cannot create data folder"))?;
+        let db = SqliteDb::open(&config.data_dir.join("imagegen.sqlite"))
+            .map_err(fail("cannot open database"))?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(fail("cannot bind"))?;
+        let addr = listener.local_addr().map_err(fail("no local address"))?;
+        let base_url = format!("http://{addr}");
+
+        let key = signing_key(&config.data_dir)?;
+        let blobs = FsBlobStore::new(config.data_dir.join("images"), base_url.clone(), key);
+        let queue = SqliteQueue::new(db.clone(), config.max_receives);
+        let mut settings = config.settings.clone();
+        settings.allow_http_urls = config.allow_loopback;
+        let policy = OutboundPolicy {
+            allow_loopback: config.allow_loopback,
+        };
+        let provider = config
+            .provider
+            .clone()
+            .unwrap_or_else(|| Arc::new(OfflineProvider::default()));
+        let app = App {
+            store: Arc::new(SqliteStore::new(db.clone())),
+            queue: Arc::new(queue.clone()),
+            blobs: Arc::new(blobs.clone()),
+            secrets: Arc::new(SqliteSecrets::new(db)),
+            limiter: Arc::new(LocalLimiter::new()),
+            provider,
+            webhooks: WebhookSender::new(policy, Duration::from_secs(15)),
+            settings: Arc::new(settings),
+            worker_id: format!("local-{}", std::process::id()),
+        };
+
+        let (stop, stopped) = watch::channel(false);
+        let router = imagegen::http::router(app.clone(), Some(&config.admin_token))
+            .merge(files_router(blobs));
+        let mut server_stop = stopped.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                warn!(error = %e, "http server stopped");
+            }
+        })];
+
+        if config.workers {
+            for name in [QueueName::Generate, QueueName::Webhook] {
+                tasks.push(tokio::spawn(poll(
+                    app.clone(),
+                    queue.clone(),
+                    name,
+                    config.visibility,
+                    stopped.clone(),
+                )));
+            }
+            tasks.push(tokio::spawn(reconcile_loop(app.clone(), stopped.clone())));
+        }
+        info!(%addr, data_dir = %config.data_dir.display(), "local runner started");
+        Ok(Runner {
+            addr,
+            base_url,
+            app,
+            queue,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stop serving and polling, and wait for in-flight work to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Turn received rows into the event Lambda's SQS integration would deliver.
+pub fn sqs_event(queue: QueueName, messages: &[imagegen::ports::ReceivedMessage]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = messages
+        .iter()
+        .map(|m| {
+            let mut record = SqsMessage::default();
+            record.message_id = Some(m.message_id.clone());
+            record.receipt_handle = Some(m.receipt_handle.clone());
+            record.body = Some(m.body.clone());
+            record.event_source = Some("aws:sqs".into());
+            record.event_source_arn =
+                Some(format!("arn:aws:sqs:local:000000000000:{}", queue.as_str()));
+            record.attributes = HashMap::from([
+                (
+                    "ApproximateReceiveCount".to_owned(),
+                    m.receive_count.to_string(),
+                ),
+                (
+                    "SentTimestamp".to_owned(),
+                    m.sent_at.timestamp_millis().to_string(),
+                ),
+            ]);
+            record
+        })
+        .collect();
+    event
+}
+
+/// One queue's poller: receive a batch, hand it to the handler, delete what succeeded.
+/// Failed messages reappear after the visibility timeout, as on SQS.
+async fn poll(
+    app: App,
+    queue: SqliteQueue,
+    name: QueueName,
+    visibility: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let idle = Duration::from_millis(100);
+    while !*stopped.borrow() {
+        let batch = match queue.receive(name, 10, visibility).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                warn!(queue = name.as_str(), error = %e, "receive failed");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+
+        let event = sqs_event(name, &batch);
+        let response = match name {
+            QueueName::Generate => handlers::generate_batch(&app, event).await,
+            QueueName::Webhook => handlers::webhook_batch(&app, event).await,
+        };
+        for message in &batch {
+            let failed = response
+                .batch_item_failures
+                .iter()
+                .any(|f| f.item_identifier == message.message_id);
+            if !failed {
+                if let Err(e) = queue.delete(name, &message.receipt_handle).await {
+                    warn!(queue = name.as_str(), error = %e, "delete failed");
+                }
+            }
+        }
+    }
+}
+
+/// Re-queue stranded jobs now and then (the AWS deployment runs the same on a schedule).
+async fn reconcile_loop(app: App, mut stopped: watch::Receiver<bool>) {
+    let every = Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => return,
+        }
+        if let Err(e) = service::reconcile::reconcile(&app, Duration::from_secs(60), 100).await {
+            warn!(error = %e, "reconcile failed");
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct FileQuery {
+    expires: Option<i64>,
+    sig: Option<String>,
+}
+
+fn files_router(blobs: FsBlobStore) -> Router {
+    Router::new()
+        .route("/files/{*key}", get(serve_file))
+        .with_state(blobs)
+}
+
+/// Serve a stored image to whoever holds a valid, unexpired signed URL.
+async fn serve_file(
+    State(blobs): State<FsBlobStore>,
+    Path(key): Path<String>,
+    Query(query): Query<FileQuery>,
+) -> Response {
+    let (Some(expires), Some(sig)) = (query.expires, query.sig.as_deref()) else {
+        return ApiError::NotFound.into_response();
+    };
+    if !blobs.verify(&key, expires, sig, chrono::Utc::now()) {
+        return (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({
+            "error": {"code": "URL_EXPIRED_OR_INVALID", "message": "this link has expired or is not valid; poll the job for a fresh one"}
+        }))).into_response();
+    }
+    match blobs.get(&key).await {
+        Ok(Some(bytes)) => {
+            let mime = match key.rsplit('.').next() {
+                Some("jpg") => "image/jpeg",
+                Some("webp") => "image/webp",
+                _ => "image/png",
+            };
+            ([(header::CONTENT_TYPE, mime)], bytes).into_response()
+        }
+        Ok(None) => ApiError::NotFound.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The provider the environment asks for: the offline renderer unless an upstream key is set.
+///
+/// # Errors
+/// A message naming the setting that is wrong.
+pub fn provider_from_env() -> Result<Option<Arc<dyn Provider>>, String> {
+    Ok(None)
+}

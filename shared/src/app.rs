@@ -1,0 +1,61 @@
+//! The set of adapters and settings every handler works with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ports::{BlobStore, JobStore, Limiter, Provider, Queue, SecretStore};
+use crate::webhook::WebhookSender;
+
+/// Behaviour settings shared by all handlers, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// Attempts before a retryable failure becomes final.
+    pub max_attempts: u32,
+    /// How long a RUNNING job's lease lasts; must end before the function timeout.
+    pub lease: Duration,
+    /// How long the upstream call may take; shorter than `lease`.
+    pub provider_timeout: Duration,
+    /// How long result URLs returned by the API stay valid.
+    pub result_url_ttl: Duration,
+    /// How long result URLs inside webhook payloads stay valid.
+    pub webhook_url_ttl: Duration,
+    /// How long idempotency records are kept.
+    pub idempotency_ttl: Duration,
+    /// Key that signs list cursors, so they cannot be forged or moved between tenants.
+    pub cursor_key: Vec<u8>,
+    /// Accept plain-http webhook and image URLs (local runs only).
+    pub allow_http_urls: bool,
+    /// Receives after which a message that keeps failing its job ends the job as POISON.
+    pub poison_receives: u32,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            lease: Duration::from_secs(120),
+            provider_timeout: Duration::from_secs(100),
+            result_url_ttl: Duration::from_secs(3600),
+            webhook_url_ttl: Duration::from_secs(24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            cursor_key: b"imagegen-cursor".to_vec(),
+            allow_http_urls: false,
+            poison_receives: 5,
+        }
+    }
+}
+
+/// Adapters behind ports, and settings. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<dyn JobStore>,
+    pub queue: Arc<dyn Queue>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub limiter: Arc<dyn Limiter>,
+    pub provider: Arc<dyn Provider>,
+    pub webhooks: WebhookSender,
+    pub settings: Arc<AppSettings>,
+    /// Names this process in lease owners.
+    pub worker_id: String,
+}

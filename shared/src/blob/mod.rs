@@ -1,0 +1,6 @@
+//! Blob store adapters: a folder with HMAC-signed URLs (embedded) and, with the `aws`
+//! feature, S3 with presigned GETs.
+
+pub mod fs;
+
+pub use fs::FsBlobStore;

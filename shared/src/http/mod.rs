@@ -1,0 +1,10 @@
+//! The HTTP API, as one axum router served by the `submit` and `poll` Lambdas (through
+//! `lambda_http`) and by the local runner.
+
+mod auth;
+mod error;
+mod extract;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::{router, MAX_BODY_BYTES};

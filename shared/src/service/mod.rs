@@ -1,0 +1,10 @@
+//! The use cases, written against the ports only.
+
+pub mod admin;
+pub mod deliver;
+pub mod generate;
+pub mod jobs;
+pub mod messages;
+pub mod reconcile;
+pub mod retry;
+pub mod submit;

@@ -1,0 +1,119 @@
+//! Accepting a job: validate, reserve a unit, write the job with its idempotency record, and
+//! queue it.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::{error, info};
+
+use crate::app::App;
+use crate::domain::{IdempotencyKey, Job, Mode, Prompt, Tenant, WebhookUrl};
+use crate::ports::{CreateOutcome, IdempotencyClaim, PortError, QueueName};
+use crate::service::messages::GenerateMessage;
+
+/// A validated submission.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub prompt: Prompt,
+    pub mode: Mode,
+    pub input_image_url: Option<WebhookUrl>,
+}
+
+impl Submission {
+    /// Hash of the canonical request, to tell a retried request from a different one.
+    pub fn request_hash(&self) -> String {
+        let canonical = json!({
+            "prompt": self.prompt.as_str(),
+            "mode": self.mode.as_str(),
+            "inputImageUrl": self.input_image_url.as_ref().map(WebhookUrl::as_str),
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// Why a submission was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("daily cap reached")]
+    DailyCapReached,
+    #[error("idempotency key was used with a different request")]
+    KeyReused,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The accepted job, and whether this call created it (false for an idempotent repeat).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub job: Job,
+    pub created: bool,
+}
+
+/// Accept a submission for `tenant`.
+///
+/// # Errors
+/// [`SubmitError`] for a full daily cap, a reused idempotency key, or a failing store.
+pub async fn submit(
+    app: &App,
+    tenant: &Tenant,
+    submission: Submission,
+    idempotency_key: Option<IdempotencyKey>,
+) -> Result<Accepted, SubmitError> {
+    let now = Utc::now();
+    let request_hash = submission.request_hash();
+    let job = Job::new(
+        tenant.id.clone(),
+        submission.mode,
+        submission.prompt.into_inner(),
+        submission.input_image_url.map(|u| u.as_str().to_owned()),
+        app.settings.max_attempts,
+        now,
+    );
+    let claim = idempotency_key.map(|key| IdempotencyClaim {
+        key,
+        request_hash: request_hash.clone(),
+        expires_at: now + app.settings.idempotency_ttl,
+    });
+
+    let outcome = app
+        .store
+        .create_job(&job, claim.as_ref(), tenant.plan.daily_cap)
+        .await?;
+    match outcome {
+        CreateOutcome::Created => {}
+        CreateOutcome::DailyCapReached => return Err(SubmitError::DailyCapReached),
+        CreateOutcome::Duplicate {
+            job_id,
+            request_hash: stored,
+        } => {
+            if stored != request_hash {
+                return Err(SubmitError::KeyReused);
+            }
+            let existing = app.store.get_job(&job_id).await?.ok_or_else(|| {
+                PortError::Internal("idempotency record names a missing job".into())
+            })?;
+            return Ok(Accepted {
+                job: existing,
+                created: false,
+            });
+        }
+    }
+
+    let message = GenerateMessage {
+        job_id: job.id.clone(),
+        tenant_id: job.tenant_id.clone(),
+    };
+    let body = serde_json::to_string(&message).map_err(|e| PortError::Internal(e.to_string()))?;
+    if let Err(e) = app
+        .queue
+        .send(QueueName::Generate, &body, Duration::ZERO)
+        .await
+    {
+        // The job is stored; the reconciler re-queues QUEUED jobs that no worker picked up.
+        error!(job_id = %job.id, error = %e, "job stored but not queued");
+    }
+    info!(job_id = %job.id, tenant_id = %tenant.id, mode = job.mode.as_str(), "job accepted");
+    Ok(Accepted { job, created: true })
+}
