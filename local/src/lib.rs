@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use imagegen::blob::FsBlobStore;
+use imagegen::deliveries::SqliteDeliveryLog;
 use imagegen::http::ApiError;
 use imagegen::limiter::LocalLimiter;
 use imagegen::ports::{BlobStore, Provider, QueueConsumer, QueueName};
@@ -26,7 +27,7 @@ use imagegen::provider::OfflineProvider;
 use imagegen::queue::SqliteQueue;
 use imagegen::secrets::SqliteSecrets;
 use imagegen::store::{SqliteDb, SqliteStore};
-use imagegen::webhook::{OutboundPolicy, WebhookSender};
+use imagegen::webhook::{OutboundPolicy, WebhookSender, DELIVERY_TIMEOUT};
 use imagegen::{handlers, service, App, AppSettings};
 use rand::RngCore;
 use secrecy::SecretString;
@@ -136,6 +137,9 @@ impl Runner {
         let policy = OutboundPolicy {
             allow_loopback: config.allow_loopback,
         };
+        let deliveries = SqliteDeliveryLog::new(db.clone())
+            .await
+            .map_err(fail("cannot open delivery log"))?;
         let provider = config
             .provider
             .clone()
@@ -147,7 +151,8 @@ impl Runner {
             secrets: Arc::new(SqliteSecrets::new(db)),
             limiter: Arc::new(LocalLimiter::new()),
             provider,
-            webhooks: WebhookSender::new(policy, Duration::from_secs(15)),
+            webhooks: WebhookSender::new(policy, DELIVERY_TIMEOUT),
+            deliveries: Arc::new(deliveries),
             settings: Arc::new(settings),
             worker_id: format!("local-{}", std::process::id()),
         };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ports::{BlobStore, JobStore, Limiter, Provider, Queue, SecretStore};
+use crate::ports::{BlobStore, DeliveryLog, JobStore, Limiter, Provider, Queue, SecretStore};
 use crate::webhook::WebhookSender;
 
 /// Behaviour settings shared by all handlers, read once at start-up.
@@ -55,6 +55,8 @@ pub struct App {
     pub limiter: Arc<dyn Limiter>,
     pub provider: Arc<dyn Provider>,
     pub webhooks: WebhookSender,
+    /// Webhook events and their delivery attempts.
+    pub deliveries: Arc<dyn DeliveryLog>,
     pub settings: Arc<AppSettings>,
     /// Names this process in lease owners.
     pub worker_id: String,

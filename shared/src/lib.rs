@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod blob;
+pub mod deliveries;
 pub mod domain;
 pub mod handlers;
 pub mod http;

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    IdempotencyKey, Job, JobError, JobId, JobStatus, Mode, Tenant, TenantId, UsageDay,
+    IdempotencyKey, Job, JobError, JobId, JobStatus, Mode, Tenant, TenantId, UsageDay, WebhookEvent,
 };
 
 /// A failure of a backing service. `Conflict`-style outcomes are not errors: they are values of
@@ -188,6 +188,14 @@ pub trait Queue: Send + Sync {
     /// # Errors
     /// [`PortError`] when the queue cannot take the message; it was then not sent.
     async fn send(&self, queue: QueueName, body: &str, delay: Duration) -> PortResult<()>;
+
+    /// Put `body` straight onto the queue's dead-letter queue, for a message the service has
+    /// given up on itself (a webhook event after its last attempt). On SQS this is a send to
+    /// the DLQ named by the queue's redrive policy.
+    ///
+    /// # Errors
+    /// [`PortError`] when the dead-letter queue cannot take the message.
+    async fn send_to_dead_letter(&self, queue: QueueName, body: &str) -> PortResult<()>;
 }
 
 /// A received message, as the runtime sees it.
@@ -401,4 +409,108 @@ pub trait Provider: Send + Sync {
         request: &GenerationRequest,
         key: Option<&SecretString>,
     ) -> Result<Generation, ProviderError>;
+}
+
+/// A webhook event as first queued: its id and the exact bytes every attempt signs and sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookEventRecord {
+    pub event_id: String,
+    pub job_id: JobId,
+    pub tenant_id: TenantId,
+    pub event_type: WebhookEvent,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// It failed; another attempt is scheduled.
+    Retrying,
+    /// It was the last attempt: the event went to the dead-letter queue.
+    Failed,
+    /// The receiver answered 410 Gone: the endpoint was disabled.
+    EndpointDisabled,
+    /// Not sent: the webhook was removed or disabled, or its URL is no longer allowed.
+    Dropped,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+            Self::EndpointDisabled => "endpoint_disabled",
+            Self::Dropped => "dropped",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::Delivered,
+            Self::Retrying,
+            Self::Failed,
+            Self::EndpointDisabled,
+            Self::Dropped,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == raw)
+    }
+}
+
+/// One delivery attempt, as the delivery log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAttempt {
+    pub event_id: String,
+    pub job_id: JobId,
+    /// 0 for the event's first delivery, then 1, 2... for each replay.
+    pub round: u32,
+    /// 1-based within its round.
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    /// The receiver's status code, when it answered.
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    /// Why the attempt failed, in our words; never the receiver's body.
+    pub error: Option<String>,
+    pub outcome: AttemptOutcome,
+    /// When the next attempt is due, for [`AttemptOutcome::Retrying`].
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// An event with its attempts, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDeliveries {
+    pub event: WebhookEventRecord,
+    pub attempts: Vec<DeliveryAttempt>,
+}
+
+/// Webhook events and their delivery attempts, read back per job. Keyed so it maps onto one
+/// DynamoDB partition per job (sort keys `EVT#<event>` and `ATT#<event>#<round>#<attempt>`).
+#[async_trait]
+pub trait DeliveryLog: Send + Sync {
+    /// Keep an event the first time it is seen; later calls with the same id change nothing.
+    ///
+    /// # Errors
+    /// [`PortError`] when the log cannot be written.
+    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<()>;
+
+    /// Append one attempt. Writing the same (event, round, attempt) again changes nothing,
+    /// so a redelivered queue message cannot log an attempt twice.
+    ///
+    /// # Errors
+    /// [`PortError`] when the log cannot be written.
+    async fn append(&self, attempt: &DeliveryAttempt) -> PortResult<()>;
+
+    /// A job's events, oldest first, each with its attempts in order.
+    ///
+    /// # Errors
+    /// [`PortError`] when the log cannot be read.
+    async fn for_job(&self, job: &JobId) -> PortResult<Vec<EventDeliveries>>;
 }

@@ -1,5 +1,6 @@
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -94,6 +95,8 @@ pub enum WebhookEvent {
 }
 
 impl WebhookEvent {
+    pub const ALL: [WebhookEvent; 3] = [Self::JobSucceeded, Self::JobFailed, Self::JobCanceled];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::JobSucceeded => "job.succeeded",
@@ -112,6 +115,33 @@ pub struct WebhookConfig {
     pub events: Vec<WebhookEvent>,
     /// Name of the secret holding the `whsec_` signing secret.
     pub secret_ref: String,
+    /// The secret being rotated out: deliveries are signed with it too until
+    /// `previous_secret_expires_at`, so receivers can switch secrets without missing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Why the service turned the endpoint off (it answered 410 Gone), for the API to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl WebhookConfig {
+    /// An enabled endpoint receiving every event, signed with the secret named `secret_ref`.
+    pub fn new(url: impl Into<String>, secret_ref: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            enabled: true,
+            events: WebhookEvent::ALL.to_vec(),
+            secret_ref: secret_ref.into(),
+            previous_secret_ref: None,
+            previous_secret_expires_at: None,
+            disabled_reason: None,
+            disabled_at: None,
+        }
+    }
 }
 
 /// A customer account.
@@ -137,6 +167,18 @@ mod tests {
         assert_ne!(a.expose(), b.expose());
         assert_eq!(a.hash(), hash_api_key(a.expose()));
         assert_eq!(a.hash().len(), 64);
+    }
+
+    #[test]
+    fn webhook_config_stored_before_rotation_and_disabling_existed_still_parses() {
+        let stored = r#"{"url":"https://h.example.com/","enabled":true,
+            "events":["job.succeeded"],"secretRef":"webhook/ten_1"}"#;
+
+        let config: Result<WebhookConfig, _> = serde_json::from_str(stored);
+
+        let config = config.expect("old config parses");
+        assert_eq!(config.previous_secret_ref, None);
+        assert_eq!(config.disabled_reason, None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod extract;
 mod routes;
+mod webhooks;
 
 pub use error::ApiError;
 pub use routes::{router, MAX_BODY_BYTES};

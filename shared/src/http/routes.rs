@@ -4,7 +4,7 @@
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
@@ -47,8 +47,8 @@ pub fn router(app: App, admin_token: Option<&SecretString>) -> Router {
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{job}", get(get_job).post(job_action))
         .route("/v1/usage", get(usage))
-        .route("/v1/webhook", put(set_webhook))
         .route("/v1/admin/tenants", post(create_tenant))
+        .merge(super::webhooks::routes())
         .route("/healthz", get(|| async { Json(json!({ "ok": true })) }))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -236,40 +236,6 @@ async fn usage(
         units,
         daily_cap: tenant.plan.daily_cap,
     })
-    .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WebhookBody {
-    url: String,
-}
-
-/// Set the caller's webhook URL. A new signing secret is made and returned once.
-async fn set_webhook(
-    State(state): State<HttpState>,
-    Caller(tenant): Caller,
-    ApiJson(body): ApiJson<WebhookBody>,
-) -> Result<Response, ApiError> {
-    let url = WebhookUrl::parse(&body.url, state.app.settings.allow_http_urls)
-        .map_err(value_error(ErrorCode::InvalidWebhookUrl))?;
-    let ip_literal = url
-        .as_url()
-        .host()
-        .is_some_and(|h| !matches!(h, url::Host::Domain(_)));
-    if ip_literal {
-        let policy = state.app.webhooks.policy();
-        policy
-            .resolve(url.as_url())
-            .await
-            .map_err(|e| ApiError::bad(ErrorCode::InvalidWebhookUrl, e.to_string()))?;
-    }
-    let secret = admin::set_webhook(&state.app, &tenant, &url).await?;
-    Ok(Json(json!({
-        "url": url.as_str(),
-        "enabled": true,
-        "secret": secret.expose_secret(),
-    }))
     .into_response())
 }
 

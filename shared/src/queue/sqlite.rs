@@ -49,6 +49,22 @@ impl Queue for SqliteQueue {
             })
             .await
     }
+
+    async fn send_to_dead_letter(&self, queue: QueueName, body: &str) -> PortResult<()> {
+        let body = body.to_owned();
+        let now = millis(Utc::now());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO messages (id, queue, body, sent_ms, visible_ms, dead)
+                     VALUES (?1, ?2, ?3, ?4, ?4, 1)",
+                    params![ulid::Ulid::new().to_string(), queue.as_str(), body, now],
+                )
+                .map_err(internal)?;
+                Ok(())
+            })
+            .await
+    }
 }
 
 #[async_trait]

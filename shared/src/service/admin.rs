@@ -3,9 +3,9 @@
 use secrecy::SecretString;
 
 use crate::app::App;
-use crate::domain::{Plan, Tenant, TenantId, TenantKey, WebhookConfig, WebhookEvent, WebhookUrl};
+use crate::domain::{Plan, Tenant, TenantId, TenantKey, WebhookEvent, WebhookUrl};
 use crate::ports::PortResult;
-use crate::webhook::generate_secret;
+use crate::service::webhooks::{self, ConfigError, EndpointSettings};
 
 /// A tenant just created, with its key in clear (shown once).
 pub struct NewTenant {
@@ -30,26 +30,20 @@ pub async fn create_tenant(app: &App, name: &str, plan: Plan) -> PortResult<NewT
     Ok(NewTenant { tenant, key })
 }
 
-/// Point a tenant's webhook at `url` with a newly generated secret, which is returned once.
+/// Point a tenant's webhook at `url` for every event, and return its signing secret when one
+/// was made (a tenant's first endpoint); an existing endpoint keeps its secret.
 ///
 /// # Errors
-/// [`crate::ports::PortError`] when the store or the secret store fails.
-pub async fn set_webhook(app: &App, tenant: &Tenant, url: &WebhookUrl) -> PortResult<SecretString> {
-    let secret = generate_secret();
-    let secret_ref = format!("webhook/{}", tenant.id);
-    app.secrets.put(&secret_ref, &secret).await?;
-
-    let mut updated = tenant.clone();
-    updated.webhook = Some(WebhookConfig {
-        url: url.as_str().to_owned(),
+/// [`ConfigError`] when the URL may not be called or a store fails.
+pub async fn set_webhook(
+    app: &App,
+    tenant: &Tenant,
+    url: &WebhookUrl,
+) -> Result<Option<SecretString>, ConfigError> {
+    let settings = EndpointSettings {
+        url: url.clone(),
+        events: WebhookEvent::ALL.to_vec(),
         enabled: true,
-        events: vec![
-            WebhookEvent::JobSucceeded,
-            WebhookEvent::JobFailed,
-            WebhookEvent::JobCanceled,
-        ],
-        secret_ref,
-    });
-    app.store.put_tenant(&updated).await?;
-    Ok(secret)
+    };
+    Ok(webhooks::configure(app, &tenant.id, settings).await?.secret)
 }

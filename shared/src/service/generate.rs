@@ -13,7 +13,7 @@ use crate::domain::{ErrorCode, Job, JobError, JobStatus, ProviderInfo, WebhookEv
 use crate::ports::{
     Admission, GenerationRequest, KeyOutcome, PermitRequest, PortError, QueueName, WriteOutcome,
 };
-use crate::service::messages::{GenerateMessage, WebhookMessage};
+use crate::service::messages::GenerateMessage;
 use crate::service::retry::next_delay;
 
 /// A message the worker could not finish. `retryable` says whether the queue should deliver
@@ -354,26 +354,7 @@ pub async fn notify(app: &App, job: &Job) -> Result<(), PortError> {
         .filter(|h| h.enabled && h.events.contains(&event));
 
     if hook.is_some() {
-        let view = crate::service::jobs::view(app, job, app.settings.webhook_url_ttl).await?;
-        let event_id = event_id(job);
-        let payload = serde_json::json!({
-            "eventId": event_id,
-            "type": event.as_str(),
-            "jobId": job.id,
-            "status": job.status,
-            "resultUrls": view.result_urls,
-            "resultUrlsExpireAt": view.result_urls_expire_at,
-            "error": job.error,
-            "timestamp": Utc::now(),
-        });
-        let message = WebhookMessage {
-            event_id,
-            job_id: job.id.clone(),
-            tenant_id: job.tenant_id.clone(),
-            attempt: 1,
-            not_before: None,
-            body: payload.to_string(),
-        };
+        let message = crate::service::deliver::event_message(app, job, event).await?;
         let body =
             serde_json::to_string(&message).map_err(|e| PortError::Internal(e.to_string()))?;
         app.queue

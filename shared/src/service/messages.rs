@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{JobId, TenantId};
+use crate::domain::{JobId, TenantId, WebhookEvent};
 
 /// Asks a worker to advance a job. Any copy of it can drive the job: the job record, not the
 /// message, says what happens next.
@@ -26,4 +26,10 @@ pub struct WebhookMessage {
     /// Do not send before this time (longer waits than one queue delay are chained).
     pub not_before: Option<DateTime<Utc>>,
     pub body: String,
+    /// The event's type; absent in messages queued before it was carried.
+    #[serde(default)]
+    pub event_type: Option<WebhookEvent>,
+    /// 0 for an event's first delivery, then 1, 2... for each replay; `attempt` restarts at 1.
+    #[serde(default)]
+    pub round: u32,
 }

@@ -8,3 +8,4 @@ pub mod messages;
 pub mod reconcile;
 pub mod retry;
 pub mod submit;
+pub mod webhooks;

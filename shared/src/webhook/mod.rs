@@ -1,10 +1,13 @@
-//! Webhook delivery: Standard Webhooks signing, the outbound address guard, and the sender.
+//! Webhook delivery: Standard Webhooks signing, the outbound address guard, the retry
+//! schedule, and the sender.
 
 pub mod guard;
+pub mod schedule;
 pub mod sign;
 
 mod sender;
 
-pub use guard::{GuardError, OutboundPolicy};
-pub use sender::{DeliveryError, WebhookSender};
-pub use sign::{generate_secret, sign, SigningError};
+pub use guard::{GuardError, OutboundPolicy, Resolver, SharedResolver, SystemResolver};
+pub use schedule::RetrySchedule;
+pub use sender::{AttemptReport, DeliveryError, WebhookSender, DELIVERY_TIMEOUT};
+pub use sign::{generate_secret, sign, sign_all, SigningError};

@@ -47,6 +47,28 @@ pub fn sign(
     ))
 }
 
+/// The `webhook-signature` value for one message signed with each of `secrets`, space
+/// separated: during a rotation the receiver may hold either secret, and a verifier accepts the
+/// header when any one signature matches.
+///
+/// # Errors
+/// [`SigningError`] when a secret is malformed or none is given.
+pub fn sign_all(
+    secrets: &[SecretString],
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, SigningError> {
+    if secrets.is_empty() {
+        return Err(SigningError);
+    }
+    let signatures = secrets
+        .iter()
+        .map(|secret| sign(secret, msg_id, timestamp, body))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(signatures.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +89,19 @@ mod tests {
         assert_ne!(base, sign(&secret, "msg_2", 100, b"{}").unwrap_or_default());
         assert_ne!(base, sign(&secret, "msg_1", 101, b"{}").unwrap_or_default());
         assert_ne!(base, sign(&secret, "msg_1", 100, b"[]").unwrap_or_default());
+    }
+
+    #[test]
+    fn rotation_header_carries_one_signature_per_secret() {
+        let old = generate_secret();
+        let new = generate_secret();
+
+        let header = sign_all(&[new.clone(), old.clone()], "m", 7, b"{}").unwrap_or_default();
+
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], sign(&new, "m", 7, b"{}").unwrap_or_default());
+        assert_eq!(parts[1], sign(&old, "m", 7, b"{}").unwrap_or_default());
+        assert!(sign_all(&[], "m", 7, b"{}").is_err());
     }
 }
