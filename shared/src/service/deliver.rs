@@ -251,3 +251,281 @@ async fn disable_gone(
     hook.disabled_at = Some(at);
     app.store.put_tenant(&tenant).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use axum::Router;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::app::AppSettings;
+    use crate::blob::FsBlobStore;
+    use crate::deliveries::SqliteDeliveryLog;
+    use crate::domain::{JobId, Plan, Tenant, TenantId};
+    use crate::limiter::LocalLimiter;
+    use crate::ports::{Queue, QueueConsumer};
+    use crate::provider::OfflineProvider;
+    use crate::queue::SqliteQueue;
+    use crate::secrets::SqliteSecrets;
+    use crate::store::{SqliteDb, SqliteStore};
+    use crate::webhook::{generate_secret, OutboundPolicy, RetrySchedule, WebhookSender};
+
+    /// The SQLite queue, noting the delay of every message sent through it.
+    struct Recording {
+        inner: SqliteQueue,
+        sent: Mutex<Vec<(WebhookMessage, Duration)>>,
+    }
+
+    #[async_trait]
+    impl Queue for Recording {
+        async fn send(&self, queue: QueueName, body: &str, delay: Duration) -> PortResult<()> {
+            if let Ok(message) = serde_json::from_str(body) {
+                self.sent.lock().expect("lock").push((message, delay));
+            }
+            self.inner.send(queue, body, delay).await
+        }
+
+        async fn send_to_dead_letter(&self, queue: QueueName, body: &str) -> PortResult<()> {
+            self.inner.send_to_dead_letter(queue, body).await
+        }
+    }
+
+    struct Fixture {
+        app: App,
+        queue: Arc<Recording>,
+        raw_queue: SqliteQueue,
+        tenant: TenantId,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A receiver on loopback that always answers `status`.
+    async fn receiver(status: StatusCode) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/in", post(move || async move { status }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}/in")
+    }
+
+    async fn fixture(url: &str, schedule: RetrySchedule) -> Fixture {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = SqliteDb::in_memory().expect("db");
+        let raw_queue = SqliteQueue::new(db.clone(), 5);
+        let queue = Arc::new(Recording {
+            inner: raw_queue.clone(),
+            sent: Mutex::new(Vec::new()),
+        });
+        let policy = OutboundPolicy {
+            allow_loopback: true,
+        };
+        let app = App {
+            store: Arc::new(SqliteStore::new(db.clone())),
+            queue: queue.clone(),
+            blobs: Arc::new(FsBlobStore::new(dir.path().into(), "http://x", vec![1; 32])),
+            secrets: Arc::new(SqliteSecrets::new(db.clone())),
+            limiter: Arc::new(LocalLimiter::new()),
+            provider: Arc::new(OfflineProvider::default()),
+            webhooks: WebhookSender::new(policy, Duration::from_secs(5)).with_schedule(schedule),
+            deliveries: Arc::new(SqliteDeliveryLog::new(db).await.expect("log")),
+            settings: Arc::new(AppSettings::default()),
+            worker_id: "test".into(),
+        };
+        let tenant = TenantId::generate();
+        app.secrets
+            .put("webhook/t/a", &generate_secret())
+            .await
+            .expect("secret");
+        app.store
+            .put_tenant(&Tenant {
+                id: tenant.clone(),
+                name: "t".into(),
+                key_hash: "h".into(),
+                plan: Plan::default(),
+                webhook: Some(WebhookConfig::new(url, "webhook/t/a")),
+            })
+            .await
+            .expect("tenant");
+        Fixture {
+            app,
+            queue,
+            raw_queue,
+            tenant,
+            _dir: dir,
+        }
+    }
+
+    fn message(f: &Fixture, attempt: u32) -> WebhookMessage {
+        WebhookMessage {
+            event_id: "evt_1".into(),
+            job_id: JobId::generate(),
+            tenant_id: f.tenant.clone(),
+            attempt,
+            not_before: None,
+            body: r#"{"type":"job.succeeded"}"#.into(),
+            event_type: Some(WebhookEvent::JobSucceeded),
+            round: 0,
+        }
+    }
+
+    fn steady(first: Duration, attempts: u32) -> RetrySchedule {
+        RetrySchedule {
+            attempts,
+            first,
+            factor: 1,
+            cap: first,
+            jitter: 0.0,
+        }
+    }
+
+    fn sent(f: &Fixture) -> Vec<(WebhookMessage, Duration)> {
+        f.queue.sent.lock().expect("lock").clone()
+    }
+
+    #[tokio::test]
+    async fn a_wait_longer_than_the_queue_maximum_is_chained_in_fifteen_minute_hops() {
+        let f = fixture(&receiver(StatusCode::OK).await, RetrySchedule::default()).await;
+        let due = Utc::now() + chrono::Duration::hours(2);
+        let waiting = WebhookMessage {
+            not_before: Some(due),
+            ..message(&f, 6)
+        };
+
+        process(&f.app, &waiting).await.expect("processed");
+
+        let sent = sent(&f);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, waiting, "the hop carries the message unchanged");
+        assert_eq!(sent[0].1, MAX_QUEUE_DELAY);
+        let history = f
+            .app
+            .deliveries
+            .for_job(&waiting.job_id)
+            .await
+            .expect("log");
+        assert!(history.is_empty(), "no attempt is made before it is due");
+    }
+
+    #[tokio::test]
+    async fn the_last_hop_waits_only_for_what_is_left() {
+        let f = fixture(&receiver(StatusCode::OK).await, RetrySchedule::default()).await;
+        let waiting = WebhookMessage {
+            not_before: Some(Utc::now() + chrono::Duration::minutes(5)),
+            ..message(&f, 2)
+        };
+
+        process(&f.app, &waiting).await.expect("processed");
+
+        let wait = sent(&f)[0].1;
+        assert!(wait <= Duration::from_secs(300) && wait > Duration::from_secs(290));
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_queues_the_next_with_its_due_time_and_logs_the_failure() {
+        let url = receiver(StatusCode::SERVICE_UNAVAILABLE).await;
+        let f = fixture(&url, steady(Duration::from_secs(2 * 3600), 8)).await;
+        let first = message(&f, 1);
+
+        process(&f.app, &first).await.expect("processed");
+
+        let sent = sent(&f);
+        assert_eq!(sent.len(), 1);
+        let (next, delay) = &sent[0];
+        assert_eq!(next.attempt, 2);
+        assert_eq!((&next.event_id, &next.body), (&first.event_id, &first.body));
+        assert_eq!(*delay, MAX_QUEUE_DELAY);
+        let due = next.not_before.expect("due time");
+        let minutes = (due - Utc::now()).num_minutes();
+        assert!((118..=120).contains(&minutes), "{minutes} minutes");
+        let history = f.app.deliveries.for_job(&first.job_id).await.expect("log");
+        let attempt = &history[0].attempts[0];
+        assert_eq!(attempt.outcome, AttemptOutcome::Retrying);
+        assert_eq!(attempt.status_code, Some(503));
+        assert_eq!(attempt.error.as_deref(), Some("receiver answered 503"));
+        let logged_due = attempt.next_attempt_at.expect("logged due time");
+        assert!((logged_due - due).num_milliseconds().abs() <= 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_failed_attempt_dead_letters_the_event_and_marks_it_failed() {
+        let url = receiver(StatusCode::INTERNAL_SERVER_ERROR).await;
+        let f = fixture(&url, steady(Duration::from_secs(1), 8)).await;
+        let last = message(&f, 8);
+
+        process(&f.app, &last).await.expect("processed");
+
+        assert!(sent(&f).is_empty(), "no further attempt is queued");
+        let dead = f
+            .raw_queue
+            .dead_letters(QueueName::Webhook)
+            .await
+            .expect("dlq");
+        assert_eq!(dead.len(), 1);
+        let dead: WebhookMessage = serde_json::from_str(&dead[0]).expect("message");
+        assert_eq!(dead, last);
+        let history = f.app.deliveries.for_job(&last.job_id).await.expect("log");
+        assert_eq!(history[0].attempts[0].outcome, AttemptOutcome::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_message_does_not_make_its_attempt_twice() {
+        let url = receiver(StatusCode::SERVICE_UNAVAILABLE).await;
+        let f = fixture(&url, steady(Duration::from_secs(60), 8)).await;
+        let first = message(&f, 1);
+
+        process(&f.app, &first).await.expect("processed");
+        process(&f.app, &first).await.expect("processed again");
+
+        assert_eq!(sent(&f).len(), 1, "one next attempt, not two");
+        let history = f.app.deliveries.for_job(&first.job_id).await.expect("log");
+        assert_eq!(history[0].attempts.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_410_answer_disables_the_endpoint_and_stops_retrying() {
+        let f = fixture(&receiver(StatusCode::GONE).await, RetrySchedule::default()).await;
+        let first = message(&f, 1);
+
+        process(&f.app, &first).await.expect("processed");
+
+        assert!(sent(&f).is_empty());
+        let tenant = f.app.store.get_tenant(&f.tenant).await.expect("read");
+        let hook = tenant.and_then(|t| t.webhook).expect("hook");
+        assert!(!hook.enabled);
+        assert_eq!(hook.disabled_reason.as_deref(), Some(GONE_REASON));
+        let history = f.app.deliveries.for_job(&first.job_id).await.expect("log");
+        assert_eq!(
+            history[0].attempts[0].outcome,
+            AttemptOutcome::EndpointDisabled
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_for_a_disabled_endpoint_is_dropped_and_logged() {
+        let f = fixture(&receiver(StatusCode::OK).await, RetrySchedule::default()).await;
+        let mut tenant = f
+            .app
+            .store
+            .get_tenant(&f.tenant)
+            .await
+            .expect("read")
+            .expect("tenant");
+        if let Some(hook) = tenant.webhook.as_mut() {
+            hook.enabled = false;
+        }
+        f.app.store.put_tenant(&tenant).await.expect("write");
+        let first = message(&f, 1);
+
+        process(&f.app, &first).await.expect("processed");
+
+        let history = f.app.deliveries.for_job(&first.job_id).await.expect("log");
+        assert_eq!(history[0].attempts[0].outcome, AttemptOutcome::Dropped);
+        assert!(sent(&f).is_empty());
+    }
+}
