@@ -528,4 +528,30 @@ mod tests {
         assert_eq!(history[0].attempts[0].outcome, AttemptOutcome::Dropped);
         assert!(sent(&f).is_empty());
     }
+
+    #[tokio::test]
+    async fn a_message_queued_before_event_types_were_carried_takes_its_type_from_the_body() {
+        let f = fixture(&receiver(StatusCode::OK).await, RetrySchedule::default()).await;
+        let old = WebhookMessage {
+            event_type: None,
+            body: r#"{"type":"job.canceled"}"#.into(),
+            ..message(&f, 1)
+        };
+
+        process(&f.app, &old).await.expect("processed");
+
+        let history = f.app.deliveries.for_job(&old.job_id).await.expect("log");
+        assert_eq!(history[0].event.event_type, WebhookEvent::JobCanceled);
+        assert_eq!(history[0].attempts[0].outcome, AttemptOutcome::Delivered);
+    }
+
+    #[test]
+    fn a_message_body_from_before_round_and_type_existed_still_parses() {
+        let stored = r#"{"eventId":"evt_1","jobId":"job_01JF3W5Q9Y2M8Z7K4C6T1V0B3N",
+            "tenantId":"ten_1","attempt":2,"notBefore":null,"body":"{}"}"#;
+
+        let message: WebhookMessage = serde_json::from_str(stored).expect("parses");
+
+        assert_eq!((message.round, message.event_type), (0, None));
+    }
 }
