@@ -7,4 +7,4 @@ mod extract;
 mod routes;
 
 pub use error::ApiError;
-pub use routes::{router, MAX_BODY_BYTES};
+pub use routes::{router, MAX_BODY_BYTES, ROUTES};

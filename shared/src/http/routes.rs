@@ -28,6 +28,19 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
+/// Every (method, path) the API serves, in the path syntax of `docs/openapi.yaml`. A test
+/// keeps this list, the router and the OpenAPI document in step.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/images:generate"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{jobId}"),
+    ("POST", "/v1/jobs/{jobId}:cancel"),
+    ("GET", "/v1/usage"),
+    ("PUT", "/v1/webhook"),
+    ("POST", "/v1/admin/tenants"),
+    ("GET", "/healthz"),
+];
+
 /// What every route can reach.
 #[derive(Clone)]
 pub struct HttpState {
