@@ -147,3 +147,5 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.is_empty(), "error without a message: {body}");
 }
+
+pub mod harness;
