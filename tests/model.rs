@@ -174,7 +174,8 @@ impl World {
             if job.charged != should_hold {
                 return Err(format!("{id}: charged={} in {:?}", job.charged, job.status));
             }
-            if (job.status == JobStatus::Succeeded) != !job.result_keys.is_empty() {
+            let has_results = !job.result_keys.is_empty();
+            if (job.status == JobStatus::Succeeded) != has_results {
                 return Err(format!(
                     "{id}: {:?} with results {:?}",
                     job.status, job.result_keys
