@@ -137,9 +137,7 @@ impl Runner {
         let policy = OutboundPolicy {
             allow_loopback: config.allow_loopback,
         };
-        let deliveries = SqliteDeliveryLog::new(db.clone())
-            .await
-            .map_err(fail("cannot open delivery log"))?;
+        let deliveries = SqliteDeliveryLog::new(db.clone());
         let provider = config
             .provider
             .clone()

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ports::{BlobStore, DeliveryLog, JobStore, Limiter, Provider, Queue, SecretStore};
+use crate::service::retry::RetryPolicy;
 use crate::webhook::WebhookSender;
 
 /// Behaviour settings shared by all handlers, read once at start-up.
@@ -11,6 +12,10 @@ use crate::webhook::WebhookSender;
 pub struct AppSettings {
     /// Attempts before a retryable failure becomes final.
     pub max_attempts: u32,
+    /// Waits between attempts.
+    pub retry: RetryPolicy,
+    /// Longest deadline a submission may ask for.
+    pub max_deadline: Duration,
     /// How long a RUNNING job's lease lasts; must end before the function timeout.
     pub lease: Duration,
     /// How long the upstream call may take; shorter than `lease`.
@@ -25,6 +30,8 @@ pub struct AppSettings {
     pub cursor_key: Vec<u8>,
     /// Accept plain-http webhook and image URLs (local runs only).
     pub allow_http_urls: bool,
+    /// How long a job waits when the limiter cannot be reached (dispatch pauses).
+    pub limiter_down_wait: Duration,
     /// Receives after which a message that keeps failing its job ends the job as POISON.
     pub poison_receives: u32,
 }
@@ -33,6 +40,8 @@ impl Default for AppSettings {
     fn default() -> Self {
         Self {
             max_attempts: 4,
+            retry: RetryPolicy::default(),
+            max_deadline: Duration::from_secs(7 * 24 * 3600),
             lease: Duration::from_secs(120),
             provider_timeout: Duration::from_secs(100),
             result_url_ttl: Duration::from_secs(3600),
@@ -40,6 +49,7 @@ impl Default for AppSettings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             cursor_key: b"imagegen-cursor".to_vec(),
             allow_http_urls: false,
+            limiter_down_wait: Duration::from_secs(10),
             poison_receives: 5,
         }
     }

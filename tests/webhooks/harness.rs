@@ -107,7 +107,7 @@ impl Harness {
             limiter: Arc::new(LocalLimiter::new()),
             provider: Arc::new(OfflineProvider::default()),
             webhooks: sender,
-            deliveries: Arc::new(SqliteDeliveryLog::new(db).await.expect("delivery log")),
+            deliveries: Arc::new(SqliteDeliveryLog::new(db)),
             settings: Arc::new(settings),
             worker_id: "webhook-tests".into(),
         };

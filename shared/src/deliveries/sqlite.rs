@@ -1,9 +1,12 @@
 //! The embedded delivery log: two tables in the shared SQLite file, made here so the store's
 //! schema stays the store's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::DateTime;
-use rusqlite::params;
+use rusqlite::{params, Connection};
 
 use crate::domain::{JobId, TenantId, WebhookEvent};
 use crate::ports::{
@@ -41,18 +44,26 @@ CREATE INDEX IF NOT EXISTS webhook_attempts_by_job ON webhook_attempts (job_id);
 #[derive(Clone)]
 pub struct SqliteDeliveryLog {
     db: SqliteDb,
+    schema_ready: Arc<AtomicBool>,
 }
 
 impl SqliteDeliveryLog {
-    /// Use `db`, creating the log's tables if they are missing.
-    ///
-    /// # Errors
-    /// [`crate::ports::PortError`] when the tables cannot be made.
-    pub async fn new(db: SqliteDb) -> PortResult<Self> {
-        db.call(|conn| conn.execute_batch(SCHEMA).map_err(internal))
-            .await?;
-        Ok(Self { db })
+    /// Use `db`. The log's tables are made on first use, if missing.
+    pub fn new(db: SqliteDb) -> Self {
+        Self {
+            db,
+            schema_ready: Arc::new(AtomicBool::new(false)),
+        }
     }
+}
+
+/// Make the tables the first time the log is used.
+fn ensure_schema(ready: &AtomicBool, conn: &Connection) -> PortResult<()> {
+    if !ready.load(Ordering::Acquire) {
+        conn.execute_batch(SCHEMA).map_err(internal)?;
+        ready.store(true, Ordering::Release);
+    }
+    Ok(())
 }
 
 fn event_type(raw: &str) -> PortResult<WebhookEvent> {
@@ -68,8 +79,10 @@ fn at(ms: i64) -> chrono::DateTime<chrono::Utc> {
 impl DeliveryLog for SqliteDeliveryLog {
     async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<()> {
         let event = event.clone();
+        let ready = Arc::clone(&self.schema_ready);
         self.db
             .call(move |conn| {
+                ensure_schema(&ready, conn)?;
                 conn.execute(
                     "INSERT OR IGNORE INTO webhook_events
                      (event_id, job_id, tenant_id, event_type, body, created_ms)
@@ -91,8 +104,10 @@ impl DeliveryLog for SqliteDeliveryLog {
 
     async fn append(&self, attempt: &DeliveryAttempt) -> PortResult<()> {
         let a = attempt.clone();
+        let ready = Arc::clone(&self.schema_ready);
         self.db
             .call(move |conn| {
+                ensure_schema(&ready, conn)?;
                 conn.execute(
                     "INSERT OR IGNORE INTO webhook_attempts
                      (event_id, round, attempt, job_id, at_ms, status_code, latency_ms, error,
@@ -119,8 +134,10 @@ impl DeliveryLog for SqliteDeliveryLog {
 
     async fn for_job(&self, job: &JobId) -> PortResult<Vec<EventDeliveries>> {
         let job = job.clone();
+        let ready = Arc::clone(&self.schema_ready);
         self.db
             .call(move |conn| {
+                ensure_schema(&ready, conn)?;
                 let mut stmt = conn
                     .prepare(
                         "SELECT event_id, tenant_id, event_type, body, created_ms
@@ -239,7 +256,7 @@ mod tests {
 
     async fn log() -> SqliteDeliveryLog {
         let db = SqliteDb::in_memory().expect("db");
-        SqliteDeliveryLog::new(db).await.expect("log")
+        SqliteDeliveryLog::new(db)
     }
 
     #[tokio::test]

@@ -115,6 +115,9 @@ pub struct Job {
     pub lease_until: Option<DateTime<Utc>>,
     /// Earliest time the next attempt may start (set while RETRYING).
     pub not_before: Option<DateTime<Utc>>,
+    /// No attempt starts after this; the job then ends FAILED with `EXPIRED`.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
     /// True while the reserved unit is held; false once it has been refunded.
     pub charged: bool,
@@ -161,6 +164,7 @@ impl Job {
             lease_owner: None,
             lease_until: None,
             not_before: None,
+            deadline: None,
             cancel_requested: false,
             charged: true,
             usage_day: now.date_naive(),
@@ -316,6 +320,12 @@ impl Job {
         next.updated_at = now;
         next.version = self.version + 1;
         Ok(next)
+    }
+
+    /// Whether the deadline has passed for a job that is not running.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        matches!(self.status, JobStatus::Queued | JobStatus::Retrying)
+            && self.deadline.is_some_and(|d| d <= now)
     }
 
     /// Record that the terminal notice is on the webhook queue.

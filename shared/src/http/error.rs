@@ -20,6 +20,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     Unauthorized,
     NotFound,
+    /// Something the request needs does not exist yet; the code says what.
+    Missing(ErrorCode, String),
     MethodNotAllowed,
     /// A state conflict the client can act on (for example canceling a finished job).
     Conflict(ErrorCode, String),
@@ -61,6 +63,7 @@ impl ApiError {
                 ErrorCode::NotFound,
                 "no such resource".into(),
             ),
+            Self::Missing(code, message) => (StatusCode::NOT_FOUND, *code, message.clone()),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 ErrorCode::MethodNotAllowed,

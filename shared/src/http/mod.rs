@@ -8,4 +8,4 @@ mod routes;
 mod webhooks;
 
 pub use error::ApiError;
-pub use routes::{router, MAX_BODY_BYTES};
+pub use routes::{router, MAX_BODY_BYTES, ROUTES};

@@ -28,6 +28,28 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
+/// Every (method, path) the API serves, in the path syntax of `docs/openapi.yaml`. A test
+/// keeps this list, the router and the OpenAPI document in step.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/images:generate"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{jobId}"),
+    ("POST", "/v1/jobs/{jobId}:cancel"),
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/webhook"),
+    ("PUT", "/v1/webhook"),
+    ("DELETE", "/v1/webhook"),
+    ("POST", "/v1/webhook/secret:rotate"),
+    ("GET", "/v1/jobs/{jobId}/deliveries"),
+    ("POST", "/v1/webhooks/replay"),
+    ("GET", "/v1/admin/tenants/{tenantId}/webhook"),
+    ("PUT", "/v1/admin/tenants/{tenantId}/webhook"),
+    ("DELETE", "/v1/admin/tenants/{tenantId}/webhook"),
+    ("POST", "/v1/admin/tenants/{tenantId}/webhook/secret:rotate"),
+    ("POST", "/v1/admin/tenants"),
+    ("GET", "/healthz"),
+];
+
 /// What every route can reach.
 #[derive(Clone)]
 pub struct HttpState {
@@ -66,6 +88,7 @@ struct GenerateBody {
     prompt: String,
     input_image_url: Option<String>,
     mode: Option<String>,
+    deadline: Option<String>,
 }
 
 async fn generate(
@@ -100,10 +123,17 @@ async fn generate(
         .transpose()
         .map_err(value_error(ErrorCode::InvalidImageUrl))?;
 
+    let deadline = body
+        .deadline
+        .as_deref()
+        .map(|raw| parse_deadline(raw, state.app.settings.max_deadline))
+        .transpose()?;
+
     let submission = Submission {
         prompt,
         mode,
         input_image_url,
+        deadline,
     };
     let accepted = submit::submit(&state.app, &tenant, submission, idempotency_key)
         .await
@@ -135,6 +165,22 @@ async fn generate(
         Json(body),
     )
         .into_response())
+}
+
+/// A deadline is an RFC 3339 time in the future, no further than `max` away.
+fn parse_deadline(raw: &str, max: std::time::Duration) -> Result<chrono::DateTime<Utc>, ApiError> {
+    let invalid = |why: &str| ApiError::bad(ErrorCode::InvalidDeadline, why.to_owned());
+    let deadline = chrono::DateTime::parse_from_rfc3339(raw)
+        .map_err(|_| invalid("deadline must be an RFC 3339 time such as 2030-01-01T12:00:00Z"))?
+        .with_timezone(&Utc);
+    let now = Utc::now();
+    if deadline <= now {
+        return Err(invalid("deadline must be in the future"));
+    }
+    if (deadline - now).to_std().unwrap_or_default() > max {
+        return Err(invalid("deadline is too far in the future"));
+    }
+    Ok(deadline)
 }
 
 async fn get_job(
@@ -225,11 +271,26 @@ async fn list_jobs(
     Ok(Json(page).into_response())
 }
 
+#[derive(Deserialize)]
+struct UsageParams {
+    day: Option<String>,
+}
+
+/// Units held on a UTC day (today unless `?day=YYYY-MM-DD`).
 async fn usage(
     State(state): State<HttpState>,
     Caller(tenant): Caller,
+    ApiQuery(params): ApiQuery<UsageParams>,
 ) -> Result<Response, ApiError> {
-    let day = Utc::now().date_naive();
+    let day = match params.day.as_deref() {
+        None => Utc::now().date_naive(),
+        Some(raw) => chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
+            ApiError::bad(
+                ErrorCode::InvalidRequest,
+                "day must be a date such as 2026-01-31",
+            )
+        })?,
+    };
     let units = state.app.store.usage(&tenant.id, day).await?;
     Ok(Json(UsageView {
         day,

@@ -82,7 +82,10 @@ fn config_error(e: ConfigError) -> ApiError {
         ConfigError::NoEvents | ConfigError::Overlap => {
             ApiError::bad(ErrorCode::InvalidRequest, e.to_string())
         }
-        ConfigError::NotConfigured | ConfigError::UnknownTenant => ApiError::NotFound,
+        ConfigError::NotConfigured => {
+            ApiError::Missing(ErrorCode::WebhookNotConfigured, e.to_string())
+        }
+        ConfigError::UnknownTenant => ApiError::NotFound,
         ConfigError::Port(e) => e.into(),
     }
 }
@@ -131,7 +134,7 @@ async fn get_endpoint(state: &HttpState, tenant: &TenantId) -> Result<Response, 
     let view = webhooks::get(&state.app, tenant)
         .await
         .map_err(config_error)?
-        .ok_or(ApiError::NotFound)?;
+        .ok_or_else(|| config_error(ConfigError::NotConfigured))?;
     Ok(Json(view).into_response())
 }
 

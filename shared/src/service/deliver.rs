@@ -333,7 +333,7 @@ mod tests {
             limiter: Arc::new(LocalLimiter::new()),
             provider: Arc::new(OfflineProvider::default()),
             webhooks: WebhookSender::new(policy, Duration::from_secs(5)).with_schedule(schedule),
-            deliveries: Arc::new(SqliteDeliveryLog::new(db).await.expect("log")),
+            deliveries: Arc::new(SqliteDeliveryLog::new(db)),
             settings: Arc::new(AppSettings::default()),
             worker_id: "test".into(),
         };

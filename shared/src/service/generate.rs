@@ -14,7 +14,6 @@ use crate::ports::{
     Admission, GenerationRequest, KeyOutcome, PermitRequest, PortError, QueueName, WriteOutcome,
 };
 use crate::service::messages::GenerateMessage;
-use crate::service::retry::next_delay;
 
 /// A message the worker could not finish. `retryable` says whether the queue should deliver
 /// it again; a final failure is acknowledged and dropped.
@@ -41,9 +40,6 @@ fn lost(job: &Job) -> WorkError {
     }
 }
 
-/// How long to wait when the limiter itself cannot be reached: dispatch pauses, jobs wait.
-const LIMITER_DOWN_WAIT: Duration = Duration::from_secs(10);
-
 fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (at - now).to_std().unwrap_or(Duration::ZERO)
 }
@@ -51,6 +47,11 @@ fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 /// Put a fresh message for the job on the queue to arrive after `delay`. A fresh message
 /// (rather than leaving the current one invisible) keeps waiting from counting receives.
 async fn redelay(app: &App, job: &Job, delay: Duration) -> Result<(), WorkError> {
+    // Never sleep past the deadline: the job must be there to expire on time.
+    let delay = match job.deadline {
+        Some(deadline) => delay.min(until(deadline, Utc::now()) + Duration::from_millis(10)),
+        None => delay,
+    };
     let message = GenerateMessage {
         job_id: job.id.clone(),
         tenant_id: job.tenant_id.clone(),
@@ -94,6 +95,19 @@ pub async fn process(
                 }
             }
         }
+        if job.expired(now) {
+            let error = JobError::new(
+                ErrorCode::Expired,
+                "the job's deadline passed before it ran",
+            );
+            match write(app, &job, &job.fail(None, error, now).map_err(transition)?).await? {
+                Some(done) => return notify(app, &done).await.map_err(WorkError::from),
+                None => {
+                    job = reread(app, &job).await?;
+                    continue;
+                }
+            }
+        }
         if let Some(at) = job.not_before.filter(|at| *at > now) {
             return redelay(app, &job, until(at, now)).await;
         }
@@ -127,7 +141,7 @@ pub async fn process(
             }
             Err(e) => {
                 warn!(job_id = %job.id, error = %e, "limiter unreachable; job waits");
-                return redelay(app, &job, LIMITER_DOWN_WAIT).await;
+                return redelay(app, &job, app.settings.limiter_down_wait).await;
             }
         };
 
@@ -286,7 +300,10 @@ async fn finish(
                 if failure.error.class() == crate::domain::FailureClass::Retryable
                     && current.attempts < current.max_attempts =>
             {
-                let delay = next_delay(current.attempts, failure.retry_after);
+                let delay = app
+                    .settings
+                    .retry
+                    .next_delay(current.attempts, failure.retry_after);
                 retry_in = Some(delay);
                 current.retry(owner, failure.error.clone(), now + delay, now)
             }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::app::App;
-use crate::domain::{ErrorCode, Job, JobError, JobId, JobStatus, Mode, ProviderInfo, TenantId};
+use crate::domain::{Job, JobError, JobId, JobStatus, Mode, ProviderInfo, TenantId};
 use crate::ports::{PortError, PortResult, WriteOutcome};
 
 /// A job as the API shows it, with fresh result URLs.
@@ -25,6 +25,8 @@ pub struct JobView {
     pub attempts: u32,
     pub max_attempts: u32,
     pub cancel_requested: bool,
+    /// No attempt starts after this; null when the job has no deadline.
+    pub deadline: Option<DateTime<Utc>>,
     pub provider: Option<ProviderInfo>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -52,6 +54,7 @@ pub async fn view(app: &App, job: &Job, ttl: std::time::Duration) -> PortResult<
         attempts: job.attempts,
         max_attempts: job.max_attempts,
         cancel_requested: job.cancel_requested,
+        deadline: job.deadline,
         provider: job.provider.clone(),
         created_at: job.created_at,
         updated_at: job.updated_at,
@@ -231,9 +234,4 @@ pub struct UsageView {
     pub day: chrono::NaiveDate,
     pub units: u64,
     pub daily_cap: u32,
-}
-
-/// Error shown when a job's failure is not a known code.
-pub fn internal_failure() -> JobError {
-    JobError::new(ErrorCode::Internal, "the job failed inside the service")
 }

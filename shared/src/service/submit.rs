@@ -19,6 +19,8 @@ pub struct Submission {
     pub prompt: Prompt,
     pub mode: Mode,
     pub input_image_url: Option<WebhookUrl>,
+    /// No attempt starts after this.
+    pub deadline: Option<chrono::DateTime<Utc>>,
 }
 
 impl Submission {
@@ -28,6 +30,7 @@ impl Submission {
             "prompt": self.prompt.as_str(),
             "mode": self.mode.as_str(),
             "inputImageUrl": self.input_image_url.as_ref().map(WebhookUrl::as_str),
+            "deadline": self.deadline,
         });
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
@@ -63,7 +66,7 @@ pub async fn submit(
 ) -> Result<Accepted, SubmitError> {
     let now = Utc::now();
     let request_hash = submission.request_hash();
-    let job = Job::new(
+    let mut job = Job::new(
         tenant.id.clone(),
         submission.mode,
         submission.prompt.into_inner(),
@@ -71,6 +74,7 @@ pub async fn submit(
         app.settings.max_attempts,
         now,
     );
+    job.deadline = submission.deadline;
     let claim = idempotency_key.map(|key| IdempotencyClaim {
         key,
         request_hash: request_hash.clone(),

@@ -335,7 +335,8 @@ impl JobStore for SqliteStore {
                     )
                     .map_err(internal)?;
                 }
-                if next.status != previous.status {
+                // A takeover (RUNNING again, one more attempt) is a transition too.
+                if next.status != previous.status || next.attempts != previous.attempts {
                     insert_event(&tx, &next, Some(previous.status))?;
                 }
                 tx.commit().map_err(internal)?;
@@ -408,7 +409,7 @@ impl JobStore for SqliteStore {
             .call(move |conn| {
                 let mut stmt = conn
                     .prepare(
-                        "SELECT body FROM jobs WHERE status = ?1 AND updated_ms < ?2
+                        "SELECT body FROM jobs WHERE status = ?1 AND updated_ms <= ?2
                          ORDER BY updated_ms LIMIT ?3",
                     )
                     .map_err(internal)?;

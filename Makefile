@@ -1,0 +1,24 @@
+# imagegen: the two commands that matter are `make demo` and `make test`.
+CARGO ?= cargo
+
+.PHONY: demo run test fmt-check clippy test-rust
+
+## Run the whole job loop once on the embedded default and exit 0 (non-zero on failure).
+demo:
+	$(CARGO) run --quiet -p imagegen-local -- demo
+
+## Serve the API locally until Ctrl-C, printing a tenant key and a curl example.
+run:
+	$(CARGO) run --quiet -p imagegen-local -- serve
+
+## Everything CI checks: formatting, lints, every test.
+test: fmt-check clippy test-rust
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-rust:
+	$(CARGO) test --workspace

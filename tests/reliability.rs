@@ -1,0 +1,549 @@
+//! Fault injection: the upstream throttling, failing and hanging, messages delivered twice or
+//! concurrently, a worker dying mid-job, the queue refusing a send, the limiter unreachable,
+//! poison messages. No job is lost, run twice to two results, or charged twice.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use imagegen::domain::{IdempotencyKey, Job, JobId, JobStatus, Mode, Plan, Prompt, Tenant};
+use imagegen::ports::{Queue, QueueConsumer, QueueName};
+use imagegen::service::messages::GenerateMessage;
+use imagegen::service::reconcile::reconcile;
+use imagegen::service::submit::{submit, Submission};
+use imagegen_tests::harness::{fast_settings, refused, server_error, throttled, Harness, Step};
+
+fn plan() -> Plan {
+    Plan {
+        requests_per_minute: 1000,
+        daily_cap: 1000,
+        max_concurrency: 10,
+    }
+}
+
+fn submission(prompt: &str) -> Submission {
+    Submission {
+        prompt: Prompt::parse(prompt).expect("prompt"),
+        mode: Mode::Draft,
+        input_image_url: None,
+        deadline: None,
+    }
+}
+
+async fn submit_one(h: &Harness, tenant: &Tenant) -> JobId {
+    submit(&h.app, tenant, submission("fault test"), None)
+        .await
+        .expect("submit")
+        .job
+        .id
+}
+
+async fn job(h: &Harness, id: &JobId) -> Job {
+    h.app
+        .store
+        .get_job(id)
+        .await
+        .expect("read")
+        .expect("job exists")
+}
+
+async fn run_to_end(h: &Harness, id: &JobId) -> Job {
+    let store = h.app.store.clone();
+    let finished = h
+        .run_until(Duration::from_secs(15), || {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let job = store.get_job(&id).await.ok().flatten();
+                job.is_some_and(|j| j.status.is_terminal())
+            }
+        })
+        .await;
+    let job = job(h, id).await;
+    assert!(finished, "job never ended: {job:?}");
+    job
+}
+
+async fn units(h: &Harness, tenant: &Tenant) -> u64 {
+    h.app
+        .store
+        .usage(&tenant.id, Utc::now().date_naive())
+        .await
+        .expect("usage")
+}
+
+async fn statuses(h: &Harness, id: &JobId) -> Vec<JobStatus> {
+    let events = h.app.store.job_events(id).await.expect("events");
+    events.into_iter().map(|e| e.to).collect()
+}
+
+#[tokio::test]
+async fn a_throttle_storm_is_retried_until_the_upstream_recovers() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.provider
+        .push([throttled(None), throttled(None), server_error()]);
+    let id = submit_one(&h, &tenant).await;
+
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.attempts, 4);
+    assert_eq!(
+        statuses(&h, &id)
+            .await
+            .iter()
+            .filter(|s| **s == JobStatus::Retrying)
+            .count(),
+        3
+    );
+    assert_eq!(units(&h, &tenant).await, 1, "a success keeps its unit");
+}
+
+#[tokio::test]
+async fn endless_throttling_fails_after_max_attempts_with_the_last_error_and_refunds() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.provider.push(std::iter::repeat_n(throttled(None), 10));
+    let id = submit_one(&h, &tenant).await;
+
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(done.attempts, 4);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 4);
+    let error = done.error.expect("error");
+    assert_eq!(error.code, imagegen::domain::ErrorCode::UpstreamRateLimited);
+    assert_eq!(units(&h, &tenant).await, 0);
+}
+
+#[tokio::test]
+async fn a_content_refusal_is_final_at_once() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.provider.push([refused()]);
+    let id = submit_one(&h, &tenant).await;
+
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(units(&h, &tenant).await, 0);
+}
+
+#[tokio::test]
+async fn a_hang_past_the_timeout_becomes_a_retryable_timeout() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.provider.push([Step::Hang]);
+    let id = submit_one(&h, &tenant).await;
+
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.attempts, 2);
+    assert!(statuses(&h, &id).await.contains(&JobStatus::Retrying));
+}
+
+#[tokio::test]
+async fn an_upstream_retry_hint_longer_than_the_backoff_is_honoured() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.provider
+        .push([throttled(Some(Duration::from_millis(600)))]);
+    let id = submit_one(&h, &tenant).await;
+
+    h.pump(QueueName::Generate).await;
+    let retrying = job(&h, &id).await;
+
+    assert_eq!(retrying.status, JobStatus::Retrying);
+    let wait = retrying.not_before.expect("not_before") - retrying.updated_at;
+    assert!(
+        wait >= chrono::Duration::milliseconds(600),
+        "waited only {wait}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_message_run_the_job_once() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let copy = serde_json::to_string(&GenerateMessage {
+        job_id: id.clone(),
+        tenant_id: tenant.id.clone(),
+    })
+    .expect("json");
+    h.queue
+        .send(QueueName::Generate, &copy, Duration::ZERO)
+        .await
+        .expect("send");
+
+    let first = h
+        .queue
+        .receive(QueueName::Generate, 1, h.visibility)
+        .await
+        .expect("receive");
+    let second = h
+        .queue
+        .receive(QueueName::Generate, 1, h.visibility)
+        .await
+        .expect("receive");
+    let (a, b) = tokio::join!(
+        imagegen::handlers::generate_batch(
+            &h.app,
+            imagegen_local::sqs_event(QueueName::Generate, &first)
+        ),
+        imagegen::handlers::generate_batch(
+            &h.app,
+            imagegen_local::sqs_event(QueueName::Generate, &second)
+        ),
+    );
+    for m in first.iter().chain(&second) {
+        h.queue
+            .delete(QueueName::Generate, &m.receipt_handle)
+            .await
+            .expect("delete");
+    }
+    assert!(a.batch_item_failures.is_empty() && b.batch_item_failures.is_empty());
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(h.blobs.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(done.result_keys.len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_for_a_finished_job_is_acknowledged_and_dropped() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let done = run_to_end(&h, &id).await;
+    let late = serde_json::to_string(&GenerateMessage {
+        job_id: id.clone(),
+        tenant_id: tenant.id.clone(),
+    })
+    .expect("json");
+    h.queue
+        .send(QueueName::Generate, &late, Duration::ZERO)
+        .await
+        .expect("send");
+
+    h.pump(QueueName::Generate).await;
+
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(job(&h, &id).await.version, done.version);
+    assert_eq!(
+        h.pump(QueueName::Generate).await,
+        0,
+        "the message must be gone"
+    );
+    assert!(h
+        .queue
+        .dead_letters(QueueName::Generate)
+        .await
+        .expect("dlq")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_worker_killed_after_the_upstream_answered_is_taken_over_once_its_lease_ends() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    h.blobs.hang.store(true, Ordering::SeqCst);
+
+    let app = h.app.clone();
+    let batch = h
+        .queue
+        .receive(QueueName::Generate, 1, h.visibility)
+        .await
+        .expect("receive");
+    let doomed = tokio::spawn(async move {
+        imagegen::handlers::generate_batch(
+            &app,
+            imagegen_local::sqs_event(QueueName::Generate, &batch),
+        )
+        .await
+    });
+    h.blobs.reached.notified().await;
+    doomed.abort();
+    let orphan = job(&h, &id).await;
+    assert_eq!(orphan.status, JobStatus::Running);
+
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.attempts, 2, "the takeover counts a new attempt");
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(h.blobs.puts.load(Ordering::SeqCst), 1, "one stored result");
+    assert_eq!(
+        statuses(&h, &id).await,
+        vec![
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Running,
+            JobStatus::Succeeded
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_queue_send_after_the_job_write_is_recovered_by_the_reconciler() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.flaky_queue.failing.store(true, Ordering::SeqCst);
+    let id = submit_one(&h, &tenant).await;
+    h.flaky_queue.failing.store(false, Ordering::SeqCst);
+    assert_eq!(h.pump(QueueName::Generate).await, 0, "nothing was queued");
+
+    let requeued = reconcile(&h.app, Duration::ZERO, 100)
+        .await
+        .expect("reconcile");
+    assert_eq!(requeued, 1);
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(requeued, 1);
+    assert_eq!(done.status, JobStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn an_unreachable_limiter_pauses_dispatch_and_jobs_wait_instead_of_failing() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.limiter.down.store(true, Ordering::SeqCst);
+    let id = submit_one(&h, &tenant).await;
+
+    for _ in 0..5 {
+        h.pump(QueueName::Generate).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let waiting = job(&h, &id).await;
+    h.limiter.down.store(false, Ordering::SeqCst);
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(waiting.status, JobStatus::Queued);
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(done.status, JobStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_denied_job_is_redelayed_without_counting_attempts_or_receives() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(20));
+    let id = submit_one(&h, &tenant).await;
+
+    let mut most_receives = 0;
+    for _ in 0..10 {
+        let batch = h
+            .queue
+            .receive(QueueName::Generate, 10, h.visibility)
+            .await
+            .expect("receive");
+        most_receives = batch
+            .iter()
+            .map(|m| m.receive_count)
+            .max()
+            .unwrap_or(0)
+            .max(most_receives);
+        let response = imagegen::handlers::generate_batch(
+            &h.app,
+            imagegen_local::sqs_event(QueueName::Generate, &batch),
+        )
+        .await;
+        assert!(response.batch_item_failures.is_empty());
+        for m in &batch {
+            h.queue
+                .delete(QueueName::Generate, &m.receipt_handle)
+                .await
+                .expect("delete");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let waiting = job(&h, &id).await;
+    *h.limiter.deny_for.lock().expect("deny") = None;
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(most_receives, 1, "every wait must use a fresh message");
+    assert!(h
+        .queue
+        .dead_letters(QueueName::Generate)
+        .await
+        .expect("dlq")
+        .is_empty());
+    assert_eq!(done.attempts, 1);
+}
+
+#[tokio::test]
+async fn an_unreadable_message_ends_in_the_dead_letter_queue() {
+    let h = Harness::new(fast_settings());
+    h.queue
+        .send(QueueName::Generate, "{not json", Duration::ZERO)
+        .await
+        .expect("send");
+
+    for _ in 0..8 {
+        h.pump(QueueName::Generate).await;
+        tokio::time::sleep(h.visibility + Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(
+        h.queue
+            .dead_letters(QueueName::Generate)
+            .await
+            .expect("dlq"),
+        vec!["{not json"]
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poison() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    // The job must wait, but the wait cannot be queued: every step fails inside the service.
+    *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(5));
+    h.flaky_queue.failing.store(true, Ordering::SeqCst);
+
+    for _ in 0..8 {
+        h.pump(QueueName::Generate).await;
+        tokio::time::sleep(h.visibility + Duration::from_millis(20)).await;
+    }
+    let failed = job(&h, &id).await;
+
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(
+        failed.error.map(|e| e.code),
+        Some(imagegen::domain::ErrorCode::Poison)
+    );
+    assert_eq!(units(&h, &tenant).await, 0);
+    assert_eq!(
+        h.queue
+            .dead_letters(QueueName::Generate)
+            .await
+            .expect("dlq")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn canceling_a_running_job_discards_its_result_and_refunds() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    h.provider.push([Step::Hang]);
+    let id = submit_one(&h, &tenant).await;
+    let app = h.app.clone();
+    let batch = h
+        .queue
+        .receive(QueueName::Generate, 1, h.visibility)
+        .await
+        .expect("receive");
+    let worker = tokio::spawn(async move {
+        imagegen::handlers::generate_batch(
+            &app,
+            imagegen_local::sqs_event(QueueName::Generate, &batch),
+        )
+        .await
+    });
+    while job(&h, &id).await.status != JobStatus::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let asked = imagegen::service::jobs::cancel(&h.app, job(&h, &id).await)
+        .await
+        .expect("cancel");
+    worker.await.expect("worker");
+    let done = run_to_end(&h, &id).await;
+
+    assert!(asked.cancel_requested);
+    assert_eq!(asked.status, JobStatus::Running);
+    assert_eq!(done.status, JobStatus::Canceled);
+    assert!(done.result_keys.is_empty());
+    assert_eq!(units(&h, &tenant).await, 0);
+}
+
+#[tokio::test]
+async fn a_job_not_started_by_its_deadline_fails_as_expired() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_secs(5));
+    let mut late = submission("too late");
+    late.deadline = Some(Utc::now() + chrono::Duration::milliseconds(100));
+    let id = submit(&h.app, &tenant, late, None)
+        .await
+        .expect("submit")
+        .job
+        .id;
+
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(
+        done.error.map(|e| e.code),
+        Some(imagegen::domain::ErrorCode::Expired)
+    );
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(units(&h, &tenant).await, 0);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_submits_with_one_key_make_one_job_and_one_message() {
+    let h = Harness::new(fast_settings());
+    let tenant = h.tenant(plan()).await;
+    let key = IdempotencyKey::parse("same-key").expect("key");
+
+    let attempts = (0..20).map(|_| submit(&h.app, &tenant, submission("once"), Some(key.clone())));
+    let results = futures_join_all(attempts).await;
+
+    let ids: std::collections::HashSet<String> = results
+        .into_iter()
+        .map(|r| r.expect("no error").job.id.to_string())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(h.flaky_queue.sends.load(Ordering::SeqCst), 1);
+    assert_eq!(units(&h, &tenant).await, 1);
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(f);
+    }
+    let mut out = Vec::with_capacity(set.len());
+    let handles: Vec<_> = set.into_iter().map(Box::pin).collect();
+    // Poll them together so the writes really race.
+    let joined = join_vec(handles).await;
+    out.extend(joined);
+    out
+}
+
+async fn join_vec<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut results: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futures.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match std::pin::Pin::new(f).poll(cx) {
+                    Poll::Ready(v) => results[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().map(|r| r.expect("ready")).collect()
+}
