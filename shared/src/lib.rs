@@ -8,6 +8,7 @@
 pub mod app;
 pub mod blob;
 pub mod domain;
+pub mod fetch;
 pub mod handlers;
 pub mod http;
 pub mod limiter;

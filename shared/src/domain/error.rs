@@ -26,6 +26,8 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     IdempotencyInProgress,
     JobNotCancelable,
+    JobNotFinalizable,
+    UnsupportedImageType,
     Unavailable,
     Internal,
     // Job failure codes.
@@ -38,6 +40,8 @@ pub enum ErrorCode {
     InvalidInput,
     Expired,
     Poison,
+    /// The upstream refused the key used; the key is disabled and another one tried.
+    UpstreamKeyRejected,
 }
 
 impl ErrorCode {
@@ -63,6 +67,8 @@ impl ErrorCode {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyInProgress => "IDEMPOTENCY_IN_PROGRESS",
             Self::JobNotCancelable => "JOB_NOT_CANCELABLE",
+            Self::JobNotFinalizable => "JOB_NOT_FINALIZABLE",
+            Self::UnsupportedImageType => "UNSUPPORTED_IMAGE_TYPE",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
             Self::UpstreamRateLimited => "UPSTREAM_RATE_LIMITED",
@@ -74,6 +80,7 @@ impl ErrorCode {
             Self::InvalidInput => "INVALID_INPUT",
             Self::Expired => "EXPIRED",
             Self::Poison => "POISON",
+            Self::UpstreamKeyRejected => "UPSTREAM_KEY_REJECTED",
         }
     }
 }
@@ -95,6 +102,7 @@ impl FailureClass {
             | ErrorCode::UpstreamUnavailable
             | ErrorCode::UpstreamTimeout
             | ErrorCode::NoImage
+            | ErrorCode::UpstreamKeyRejected
             | ErrorCode::Unavailable
             | ErrorCode::Internal => Self::Retryable,
             _ => Self::Final,

@@ -37,6 +37,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{jobId}"),
     ("POST", "/v1/jobs/{jobId}:cancel"),
+    ("POST", "/v1/jobs/{jobId}:finalize"),
+    ("POST", "/v1/uploads"),
     ("GET", "/v1/usage"),
     ("PUT", "/v1/webhook"),
     ("POST", "/v1/admin/tenants"),
@@ -61,6 +63,7 @@ pub fn router(app: App, admin_token: Option<&SecretString>) -> Router {
         .route("/v1/images:generate", post(generate))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{job}", any(job_route))
+        .route("/v1/uploads", post(super::inputs::create_upload))
         .route("/v1/usage", get(usage))
         .route("/v1/webhook", put(set_webhook))
         .route("/v1/admin/tenants", post(create_tenant))
@@ -109,12 +112,10 @@ async fn generate(
             )
         })?,
     };
-    let input_image_url = body
-        .input_image_url
-        .as_deref()
-        .map(|raw| WebhookUrl::parse(raw, state.app.settings.allow_http_urls))
-        .transpose()
-        .map_err(value_error(ErrorCode::InvalidImageUrl))?;
+    let input_image_url = match body.input_image_url.as_deref() {
+        Some(raw) => Some(super::inputs::input_source(&state, &tenant, raw).await?),
+        None => None,
+    };
 
     let deadline = body
         .deadline_seconds
@@ -190,6 +191,11 @@ async fn job_route(
             cancel_job(&state, &tenant, id).await
         }
         Some((_, "cancel")) => Err(ApiError::MethodNotAllowed(Some("POST"))),
+        Some((id, "finalize")) if method == Method::POST => {
+            let tenant = authenticate(&state, &headers).await?;
+            super::inputs::finalize_job(&state, &tenant, id).await
+        }
+        Some((_, "finalize")) => Err(ApiError::MethodNotAllowed(Some("POST"))),
         Some(_) => Err(ApiError::NotFound),
     }
 }
