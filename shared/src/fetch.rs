@@ -316,11 +316,9 @@ pub async fn check_at_submit(
 ) -> Result<(), FetchError> {
     match source {
         ImageSource::Url(url) => match policy.resolve(url.as_url()).await {
-            Ok(_) => Ok(()),
-            Err(GuardError::Unresolvable) => Err(FetchError::Refused(
-                ErrorCode::InvalidImageUrl,
-                "input image host could not be resolved".into(),
-            )),
+            // A name that does not resolve now may resolve in a moment: DNS failures are not
+            // the client's fault, so the worker decides when it fetches.
+            Ok(_) | Err(GuardError::Unresolvable) => Ok(()),
             Err(e) => Err(e.into()),
         },
         ImageSource::Upload(id) => read_upload(blobs, tenant, id, max_bytes).await.map(|_| ()),
