@@ -1,7 +1,7 @@
 # imagegen: the two commands that matter are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: demo run test fmt-check clippy test-rust
+.PHONY: demo run test fmt-check clippy test-rust test-schemathesis
 
 ## Run the whole job loop once on the embedded default and exit 0 (non-zero on failure).
 demo:
@@ -12,7 +12,7 @@ run:
 	$(CARGO) run --quiet -p imagegen-local -- serve
 
 ## Everything CI checks: formatting, lints, every test.
-test: fmt-check clippy test-rust
+test: fmt-check clippy test-rust test-schemathesis
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -22,3 +22,7 @@ clippy:
 
 test-rust:
 	$(CARGO) test --workspace
+
+## Fuzz the local runner from docs/openapi.yaml (installs schemathesis into the project venv).
+test-schemathesis:
+	infra/schemathesis.sh

@@ -487,3 +487,79 @@ async fn admin_routes_refuse_tenant_keys() {
 
     assert_error(status, &body, 401, "UNAUTHORIZED");
 }
+
+#[tokio::test]
+async fn deadline_outside_its_range_is_refused_and_a_valid_one_is_shown_on_the_job() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant().await;
+
+    for seconds in [0, 604_801] {
+        let (status, body) = app
+            .submit(
+                &tenant,
+                json!({ "prompt": "a", "deadlineSeconds": seconds }),
+            )
+            .await;
+        assert_error(status, &body, 400, "INVALID_DEADLINE");
+    }
+    let (status, body) = app
+        .submit(&tenant, json!({ "prompt": "a", "deadlineSeconds": 60 }))
+        .await;
+    let (_, job) = app
+        .get(
+            &tenant,
+            &format!("/v1/jobs/{}", body["jobId"].as_str().expect("id")),
+        )
+        .await;
+
+    assert_eq!(status, 202);
+    let deadline = job["deadline"].as_str().expect("deadline shown");
+    let deadline = chrono::DateTime::parse_from_rfc3339(deadline).expect("rfc3339");
+    let ahead = deadline.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(ahead > chrono::Duration::seconds(50) && ahead <= chrono::Duration::seconds(60));
+}
+
+#[tokio::test]
+async fn wrong_method_on_a_job_says_which_methods_are_allowed() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant().await;
+    let (_, body) = app.submit(&tenant, json!({ "prompt": "a" })).await;
+    let id = body["jobId"].as_str().expect("id");
+
+    let on_job = app
+        .http
+        .delete(app.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&tenant.key);
+    let on_cancel = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{id}:cancel")))
+        .bearer_auth(&tenant.key);
+    let unknown_action = app
+        .http
+        .post(app.url(&format!("/v1/jobs/{id}:explode")))
+        .bearer_auth(&tenant.key);
+
+    let response = on_job.send().await.expect("delete");
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
+    let response = on_cancel.send().await.expect("get cancel");
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(unknown_action.send().await.expect("post").status(), 404);
+}
+
+#[tokio::test]
+async fn usage_can_be_read_for_a_given_day() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant().await;
+    app.submit(&tenant, json!({ "prompt": "counted" })).await;
+    let today = chrono::Utc::now().date_naive();
+
+    let (_, usage_today) = app.get(&tenant, &format!("/v1/usage?day={today}")).await;
+    let (_, long_ago) = app.get(&tenant, "/v1/usage?day=2020-01-01").await;
+    let (status, bad) = app.get(&tenant, "/v1/usage?day=yesterday").await;
+
+    assert_eq!(usage_today["units"], 1);
+    assert_eq!(long_ago["units"], 0);
+    assert_error(status, &bad, 400, "INVALID_REQUEST");
+}

@@ -218,10 +218,17 @@ pub async fn run(data_dir: PathBuf, prompt: &str) -> Result<DemoOutcome, DemoErr
         .bytes()
         .await
         .map_err(|e| err("download")(e.to_string()))?;
-    if !image.starts_with(b"\x89PNG\r\n\x1a\n") {
-        return Err(DemoError("downloaded file is not a PNG".into()));
-    }
-    let image_path = data_dir.join(format!("{job_id}.png"));
+    let extension = match imagegen::fetch::sniff(&image) {
+        Some("image/png") => "png",
+        Some("image/jpeg") => "jpg",
+        Some("image/webp") => "webp",
+        _ => {
+            return Err(DemoError(
+                "downloaded file is not a PNG, JPEG or WebP image".into(),
+            ))
+        }
+    };
+    let image_path = data_dir.join(format!("{job_id}.{extension}"));
     std::fs::write(&image_path, &image).map_err(|e| err("save image")(e.to_string()))?;
     steps.done(&format!(
         "downloaded {} bytes (URL expires {}) to {}",

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,7 +23,7 @@ use imagegen::deliveries::SqliteDeliveryLog;
 use imagegen::http::ApiError;
 use imagegen::limiter::LocalLimiter;
 use imagegen::ports::{BlobStore, Provider, QueueConsumer, QueueName};
-use imagegen::provider::OfflineProvider;
+use imagegen::provider::{GeminiProvider, GeminiSettings, OfflineProvider};
 use imagegen::queue::SqliteQueue;
 use imagegen::secrets::SqliteSecrets;
 use imagegen::store::{SqliteDb, SqliteStore};
@@ -157,7 +157,7 @@ impl Runner {
 
         let (stop, stopped) = watch::channel(false);
         let router = imagegen::http::router(app.clone(), Some(&config.admin_token))
-            .merge(files_router(blobs));
+            .merge(files_router(blobs, app.settings.input_images.max_bytes));
         let mut server_stop = stopped.clone();
         let mut tasks = vec![tokio::spawn(async move {
             let shutdown = async move {
@@ -297,10 +297,52 @@ struct FileQuery {
     sig: Option<String>,
 }
 
-fn files_router(blobs: FsBlobStore) -> Router {
+fn files_router(blobs: FsBlobStore, max_upload_bytes: usize) -> Router {
     Router::new()
-        .route("/files/{*key}", get(serve_file))
+        .route("/files/{*key}", get(serve_file).put(receive_file))
+        .layer(DefaultBodyLimit::max(max_upload_bytes))
         .with_state(blobs)
+}
+
+fn link_refused() -> Response {
+    (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({
+        "error": {"code": "URL_EXPIRED_OR_INVALID", "message": "this link has expired or is not valid; ask for a fresh one"}
+    }))).into_response()
+}
+
+/// Take a client upload sent to a presigned PUT URL, as S3 would.
+async fn receive_file(
+    State(blobs): State<FsBlobStore>,
+    Path(key): Path<String>,
+    Query(query): Query<FileQuery>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let (Some(expires), Some(sig)) = (query.expires, query.sig.as_deref()) else {
+        return link_refused();
+    };
+    if !blobs.verify_put(&key, expires, sig, chrono::Utc::now()) {
+        return link_refused();
+    }
+    let bytes = match body {
+        Ok(bytes) => bytes,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(serde_json::json!({
+                "error": {"code": "PAYLOAD_TOO_LARGE", "message": "the upload is larger than the limit given with its URL"}
+            }))).into_response();
+        }
+        Err(_) => {
+            return ApiError::bad(
+                imagegen::domain::ErrorCode::InvalidRequest,
+                "the upload could not be read",
+            )
+            .into_response()
+        }
+    };
+    let content_type = imagegen::fetch::sniff(&bytes).unwrap_or("application/octet-stream");
+    match blobs.put(&key, bytes, content_type).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 /// Serve a stored image to whoever holds a valid, unexpired signed URL.
@@ -331,10 +373,14 @@ async fn serve_file(
     }
 }
 
-/// The provider the environment asks for: the offline renderer unless an upstream key is set.
+/// The provider the environment asks for: the offline renderer unless `GEMINI_API_KEY` is
+/// set, then the Gemini client with the `GEMINI_*` settings (`docs/provider.md`).
 ///
 /// # Errors
 /// A message naming the setting that is wrong.
 pub fn provider_from_env() -> Result<Option<Arc<dyn Provider>>, String> {
-    Ok(None)
+    match GeminiSettings::from_env()? {
+        None => Ok(None),
+        Some(settings) => Ok(Some(Arc::new(GeminiProvider::new(settings)?))),
+    }
 }

@@ -34,6 +34,10 @@ pub struct AppSettings {
     pub limiter_down_wait: Duration,
     /// Receives after which a message that keeps failing its job ends the job as POISON.
     pub poison_receives: u32,
+    /// Size and time limits for reading a job's reference image.
+    pub input_images: crate::fetch::FetchLimits,
+    /// How long an upload URL from `POST /v1/uploads` stays valid.
+    pub upload_url_ttl: Duration,
 }
 
 impl Default for AppSettings {
@@ -51,6 +55,8 @@ impl Default for AppSettings {
             allow_http_urls: false,
             limiter_down_wait: Duration::from_secs(10),
             poison_receives: 5,
+            input_images: crate::fetch::FetchLimits::default(),
+            upload_url_ttl: Duration::from_secs(15 * 60),
         }
     }
 }

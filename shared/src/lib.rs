@@ -9,6 +9,7 @@ pub mod app;
 pub mod blob;
 pub mod deliveries;
 pub mod domain;
+pub mod fetch;
 pub mod handlers;
 pub mod http;
 pub mod limiter;

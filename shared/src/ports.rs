@@ -264,6 +264,17 @@ pub trait BlobStore: Send + Sync {
     /// # Errors
     /// [`PortError`] when signing fails.
     async fn signed_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl>;
+
+    /// A fresh URL that lets anyone PUT one object under `key` for `ttl` (client uploads).
+    ///
+    /// # Errors
+    /// [`PortError`] when signing fails or the store cannot take uploads.
+    async fn signed_put_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl> {
+        let _ = (key, ttl);
+        Err(PortError::Internal(
+            "this blob store does not hand out upload URLs".into(),
+        ))
+    }
 }
 
 /// Upstream keys and webhook signing secrets.
@@ -323,6 +334,11 @@ pub enum KeyOutcome {
     },
     /// The key is invalid or revoked.
     Invalid,
+    /// The key's per-day quota is used up: rest it this long (until the quota resets), while
+    /// other keys carry on.
+    QuotaExhausted {
+        retry_after: Option<Duration>,
+    },
 }
 
 /// Rate limits and concurrency at every level, and the upstream key pool.

@@ -1,6 +1,8 @@
 //! Images in a folder, handed out through expiring URLs signed with HMAC-SHA256. The local
 //! runner serves `GET /files/{key}?expires=..&sig=..` and checks the signature with
-//! [`FsBlobStore::verify`].
+//! [`FsBlobStore::verify`]; client uploads arrive as `PUT /files/{key}?expires=..&sig=..`,
+//! checked with [`FsBlobStore::verify_put`]. The two signatures differ, so a download link
+//! cannot be used to overwrite the object.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -44,10 +46,15 @@ impl FsBlobStore {
     }
 
     fn signature(&self, key: &str, expires: i64) -> String {
+        self.signature_for("", key, expires)
+    }
+
+    fn signature_for(&self, method: &str, key: &str, expires: i64) -> String {
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.signing_key) {
             Ok(mac) => mac,
             Err(_) => return String::new(),
         };
+        mac.update(method.as_bytes());
         mac.update(key.as_bytes());
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
@@ -56,12 +63,29 @@ impl FsBlobStore {
 
     /// Whether a URL's `expires` and `sig` grant access to `key` at `now`.
     pub fn verify(&self, key: &str, expires: i64, sig: &str, now: DateTime<Utc>) -> bool {
+        self.verify_for("", key, expires, sig, now)
+    }
+
+    /// Whether an upload URL's `expires` and `sig` allow a PUT to `key` at `now`.
+    pub fn verify_put(&self, key: &str, expires: i64, sig: &str, now: DateTime<Utc>) -> bool {
+        self.verify_for(PUT_PREFIX, key, expires, sig, now)
+    }
+
+    fn verify_for(
+        &self,
+        method: &str,
+        key: &str,
+        expires: i64,
+        sig: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
         let Ok(given) = hex::decode(sig) else {
             return false;
         };
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.signing_key) else {
             return false;
         };
+        mac.update(method.as_bytes());
         mac.update(key.as_bytes());
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
@@ -107,7 +131,22 @@ impl BlobStore for FsBlobStore {
             expires_at: DateTime::from_timestamp(expires, 0).unwrap_or(expires_at),
         })
     }
+
+    async fn signed_put_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl> {
+        self.path_of(key)?;
+        let expires_at = Utc::now() + ttl;
+        let expires = expires_at.timestamp();
+        let sig = self.signature_for(PUT_PREFIX, key, expires);
+        Ok(SignedUrl {
+            url: format!("{}/files/{key}?expires={expires}&sig={sig}", self.base_url),
+            expires_at: DateTime::from_timestamp(expires, 0).unwrap_or(expires_at),
+        })
+    }
 }
+
+/// Mixed into upload signatures only. A newline cannot start a blob key, so no GET
+/// signature input can equal a PUT one.
+const PUT_PREFIX: &str = "\nPUT\n";
 
 #[cfg(test)]
 mod tests {
@@ -143,5 +182,35 @@ mod tests {
             &sig,
             now + chrono::Duration::seconds(61)
         ));
+    }
+
+    fn query_of(url: &str) -> (i64, String) {
+        let parsed = url::Url::parse(url).unwrap_or_else(|e| panic!("{e}"));
+        let get = |name: &str| {
+            parsed
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        (get("expires").parse().unwrap_or_default(), get("sig"))
+    }
+
+    #[tokio::test]
+    async fn download_and_upload_signatures_do_not_stand_in_for_each_other() {
+        let store = store();
+        let now = Utc::now();
+        let key = "uploads/t/upl_1";
+        let ttl = Duration::from_secs(60);
+        let get = store.signed_url(key, ttl).await.map(|u| u.url);
+        let put = store.signed_put_url(key, ttl).await.map(|u| u.url);
+
+        let (get_expires, get_sig) = query_of(&get.unwrap_or_default());
+        let (put_expires, put_sig) = query_of(&put.unwrap_or_default());
+
+        assert!(store.verify_put(key, put_expires, &put_sig, now));
+        assert!(!store.verify_put(key, get_expires, &get_sig, now));
+        assert!(!store.verify(key, put_expires, &put_sig, now));
+        assert!(store.verify(key, get_expires, &get_sig, now));
     }
 }

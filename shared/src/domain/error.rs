@@ -29,6 +29,8 @@ pub enum ErrorCode {
     JobNotFinished,
     WebhookNotConfigured,
     WebhookDisabled,
+    JobNotFinalizable,
+    UnsupportedImageType,
     Unavailable,
     Internal,
     // Job failure codes.
@@ -41,6 +43,8 @@ pub enum ErrorCode {
     InvalidInput,
     Expired,
     Poison,
+    /// The upstream refused the key used; the key is disabled and another one tried.
+    UpstreamKeyRejected,
 }
 
 impl ErrorCode {
@@ -69,6 +73,8 @@ impl ErrorCode {
             Self::JobNotFinished => "JOB_NOT_FINISHED",
             Self::WebhookNotConfigured => "WEBHOOK_NOT_CONFIGURED",
             Self::WebhookDisabled => "WEBHOOK_DISABLED",
+            Self::JobNotFinalizable => "JOB_NOT_FINALIZABLE",
+            Self::UnsupportedImageType => "UNSUPPORTED_IMAGE_TYPE",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
             Self::UpstreamRateLimited => "UPSTREAM_RATE_LIMITED",
@@ -80,6 +86,7 @@ impl ErrorCode {
             Self::InvalidInput => "INVALID_INPUT",
             Self::Expired => "EXPIRED",
             Self::Poison => "POISON",
+            Self::UpstreamKeyRejected => "UPSTREAM_KEY_REJECTED",
         }
     }
 }
@@ -101,6 +108,7 @@ impl FailureClass {
             | ErrorCode::UpstreamUnavailable
             | ErrorCode::UpstreamTimeout
             | ErrorCode::NoImage
+            | ErrorCode::UpstreamKeyRejected
             | ErrorCode::Unavailable
             | ErrorCode::Internal => Self::Retryable,
             _ => Self::Final,

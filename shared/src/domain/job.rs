@@ -86,12 +86,29 @@ impl JobStatus {
     }
 }
 
-/// Which provider and model produced a job's images.
+/// Which provider and model produced a job's images, and what the call cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderInfo {
     pub provider: String,
     pub model: String,
+    /// How long the successful upstream call took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// The upstream's usage figures (tokens), as it reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<serde_json::Value>,
+}
+
+impl ProviderInfo {
+    pub fn new(provider: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            provider: provider.into(),
+            model: model.into(),
+            latency_ms: None,
+            usage: None,
+        }
+    }
 }
 
 /// The UTC day a unit of usage is booked against.
@@ -412,10 +429,7 @@ mod tests {
         let running = queued()
             .start("w1", now + Duration::seconds(30), now)
             .unwrap_or_else(|e| panic!("{e}"));
-        let info = ProviderInfo {
-            provider: "offline".into(),
-            model: "m".into(),
-        };
+        let info = ProviderInfo::new("offline", "m");
 
         let stolen = running.succeed("w2", vec!["k".into()], info.clone(), now);
 
@@ -450,10 +464,7 @@ mod tests {
             .start("w1", now + Duration::seconds(30), now)
             .and_then(|j| j.request_cancel(now))
             .unwrap_or_else(|e| panic!("{e}"));
-        let info = ProviderInfo {
-            provider: "offline".into(),
-            model: "m".into(),
-        };
+        let info = ProviderInfo::new("offline", "m");
 
         let done = running
             .succeed("w1", vec!["k".into()], info, now)

@@ -20,6 +20,22 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// The calling tenant. Every missing, malformed or unknown key gets the same 401.
 pub struct Caller(pub Tenant);
 
+/// Find the tenant whose key `headers` carry.
+///
+/// # Errors
+/// [`ApiError::Unauthorized`] for any missing or unknown key; `Unavailable` if the store fails.
+pub async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    let key = presented_key(headers)
+        .filter(|k| !k.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    state
+        .app
+        .store
+        .tenant_by_key_hash(&hash_api_key(key))
+        .await?
+        .ok_or(ApiError::Unauthorized)
+}
+
 impl FromRequestParts<HttpState> for Caller {
     type Rejection = ApiError;
 
@@ -27,16 +43,7 @@ impl FromRequestParts<HttpState> for Caller {
         parts: &mut Parts,
         state: &HttpState,
     ) -> Result<Self, Self::Rejection> {
-        let key = presented_key(&parts.headers)
-            .filter(|k| !k.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
-        let tenant = state
-            .app
-            .store
-            .tenant_by_key_hash(&hash_api_key(key))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        Ok(Caller(tenant))
+        authenticate(state, &parts.headers).await.map(Caller)
     }
 }
 

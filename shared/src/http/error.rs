@@ -22,7 +22,8 @@ pub enum ApiError {
     NotFound,
     /// Something the request needs does not exist yet; the code says what.
     Missing(ErrorCode, String),
-    MethodNotAllowed,
+    /// The route exists; `Some` lists the methods it takes, for the `Allow` header.
+    MethodNotAllowed(Option<&'static str>),
     /// A state conflict the client can act on (for example canceling a finished job).
     Conflict(ErrorCode, String),
     /// The idempotency key was used with a different request.
@@ -64,7 +65,7 @@ impl ApiError {
                 "no such resource".into(),
             ),
             Self::Missing(code, message) => (StatusCode::NOT_FOUND, *code, message.clone()),
-            Self::MethodNotAllowed => (
+            Self::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 ErrorCode::MethodNotAllowed,
                 "method not allowed on this resource".into(),
@@ -115,6 +116,11 @@ impl IntoResponse for ApiError {
             Self::Unavailable => Some(Duration::from_secs(1)),
             _ => None,
         };
+        if let Self::MethodNotAllowed(Some(allow)) = &self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         if let Some(wait) = wait {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {

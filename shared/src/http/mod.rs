@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod extract;
+mod inputs;
 mod routes;
 mod webhooks;
 

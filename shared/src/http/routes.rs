@@ -2,21 +2,22 @@
 //! service, and map its errors in one place.
 
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::Method;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{Caller, Operator};
+use super::auth::{authenticate, Caller, Operator};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use crate::app::App;
 use crate::domain::{
-    hash_api_key, ErrorCode, IdempotencyKey, JobStatus, Mode, Plan, Prompt, ValueError, WebhookUrl,
+    hash_api_key, ErrorCode, IdempotencyKey, JobStatus, Mode, Plan, Prompt, Tenant, ValueError,
 };
 use crate::service::admin;
 use crate::service::jobs::{self, CancelError, ListError, UsageView};
@@ -35,6 +36,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{jobId}"),
     ("POST", "/v1/jobs/{jobId}:cancel"),
+    ("POST", "/v1/jobs/{jobId}:finalize"),
+    ("POST", "/v1/uploads"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/webhook"),
     ("PUT", "/v1/webhook"),
@@ -67,13 +70,14 @@ pub fn router(app: App, admin_token: Option<&SecretString>) -> Router {
     Router::new()
         .route("/v1/images:generate", post(generate))
         .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{job}", get(get_job).post(job_action))
+        .route("/v1/jobs/{job}", any(job_route))
+        .route("/v1/uploads", post(super::inputs::create_upload))
         .route("/v1/usage", get(usage))
         .route("/v1/admin/tenants", post(create_tenant))
         .merge(super::webhooks::routes())
         .route("/healthz", get(|| async { Json(json!({ "ok": true })) }))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed(None) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -88,7 +92,7 @@ struct GenerateBody {
     prompt: String,
     input_image_url: Option<String>,
     mode: Option<String>,
-    deadline: Option<String>,
+    deadline_seconds: Option<u64>,
 }
 
 async fn generate(
@@ -116,17 +120,14 @@ async fn generate(
             )
         })?,
     };
-    let input_image_url = body
-        .input_image_url
-        .as_deref()
-        .map(|raw| WebhookUrl::parse(raw, state.app.settings.allow_http_urls))
-        .transpose()
-        .map_err(value_error(ErrorCode::InvalidImageUrl))?;
+    let input_image_url = match body.input_image_url.as_deref() {
+        Some(raw) => Some(super::inputs::input_source(&state, &tenant, raw).await?),
+        None => None,
+    };
 
     let deadline = body
-        .deadline
-        .as_deref()
-        .map(|raw| parse_deadline(raw, state.app.settings.max_deadline))
+        .deadline_seconds
+        .map(|seconds| deadline_in(seconds, state.app.settings.max_deadline))
         .transpose()?;
 
     let submission = Submission {
@@ -167,43 +168,55 @@ async fn generate(
         .into_response())
 }
 
-/// A deadline is an RFC 3339 time in the future, no further than `max` away.
-fn parse_deadline(raw: &str, max: std::time::Duration) -> Result<chrono::DateTime<Utc>, ApiError> {
-    let invalid = |why: &str| ApiError::bad(ErrorCode::InvalidDeadline, why.to_owned());
-    let deadline = chrono::DateTime::parse_from_rfc3339(raw)
-        .map_err(|_| invalid("deadline must be an RFC 3339 time such as 2030-01-01T12:00:00Z"))?
-        .with_timezone(&Utc);
-    let now = Utc::now();
-    if deadline <= now {
-        return Err(invalid("deadline must be in the future"));
+/// A deadline `seconds` from now: at least one second, at most `max`.
+fn deadline_in(seconds: u64, max: std::time::Duration) -> Result<chrono::DateTime<Utc>, ApiError> {
+    if seconds == 0 || seconds > max.as_secs() {
+        return Err(ApiError::bad(
+            ErrorCode::InvalidDeadline,
+            format!("deadlineSeconds must be from 1 to {}", max.as_secs()),
+        ));
     }
-    if (deadline - now).to_std().unwrap_or_default() > max {
-        return Err(invalid("deadline is too far in the future"));
-    }
-    Ok(deadline)
+    let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
+    Ok(Utc::now() + chrono::Duration::seconds(seconds))
 }
 
-async fn get_job(
+/// `/v1/jobs/{jobId}` and its actions (`/v1/jobs/{jobId}:cancel`): the action rides on the
+/// last path segment, so one route takes them all and answers 405 with the right `Allow`.
+async fn job_route(
+    method: Method,
     State(state): State<HttpState>,
-    Caller(tenant): Caller,
-    Path(job): Path<String>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = jobs::find(&state.app, &tenant.id, &job)
+    match segment.split_once(':') {
+        None if method == Method::GET || method == Method::HEAD => {
+            let tenant = authenticate(&state, &headers).await?;
+            get_job(&state, &tenant, &segment).await
+        }
+        None => Err(ApiError::MethodNotAllowed(Some("GET, HEAD"))),
+        Some((id, "cancel")) if method == Method::POST => {
+            let tenant = authenticate(&state, &headers).await?;
+            cancel_job(&state, &tenant, id).await
+        }
+        Some((_, "cancel")) => Err(ApiError::MethodNotAllowed(Some("POST"))),
+        Some((id, "finalize")) if method == Method::POST => {
+            let tenant = authenticate(&state, &headers).await?;
+            super::inputs::finalize_job(&state, &tenant, id).await
+        }
+        Some((_, "finalize")) => Err(ApiError::MethodNotAllowed(Some("POST"))),
+        Some(_) => Err(ApiError::NotFound),
+    }
+}
+
+async fn get_job(state: &HttpState, tenant: &Tenant, id: &str) -> Result<Response, ApiError> {
+    let job = jobs::find(&state.app, &tenant.id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let view = jobs::view(&state.app, &job, state.app.settings.result_url_ttl).await?;
     Ok(Json(view).into_response())
 }
 
-/// `POST /v1/jobs/{jobId}:cancel`. The action rides on the last path segment.
-async fn job_action(
-    State(state): State<HttpState>,
-    Caller(tenant): Caller,
-    Path(segment): Path<String>,
-) -> Result<Response, ApiError> {
-    let Some(id) = segment.strip_suffix(":cancel") else {
-        return Err(ApiError::MethodNotAllowed);
-    };
+async fn cancel_job(state: &HttpState, tenant: &Tenant, id: &str) -> Result<Response, ApiError> {
     let job = jobs::find(&state.app, &tenant.id, id)
         .await?
         .ok_or(ApiError::NotFound)?;

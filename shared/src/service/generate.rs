@@ -218,11 +218,12 @@ async fn attempt(
         Some(id) => app.limiter.key_secret(id).await.ok().flatten(),
         None => None,
     };
+    let input_image = crate::service::inputs::load_for(app, job).await?;
     let request = GenerationRequest {
         job_id: job.id.clone(),
         prompt: job.prompt.clone(),
         mode: job.mode,
-        input_image: None,
+        input_image,
     };
 
     let call = app.provider.generate(&request, key.as_ref());
@@ -269,6 +270,8 @@ async fn attempt(
         info: ProviderInfo {
             provider: generation.provider,
             model: generation.model,
+            latency_ms: Some(generation.latency.as_millis() as u64),
+            usage: generation.usage,
         },
     })
 }
@@ -296,10 +299,7 @@ async fn finish(
             Ok(produced) => {
                 current.succeed(owner, produced.keys.clone(), produced.info.clone(), now)
             }
-            Err(failure)
-                if failure.error.class() == crate::domain::FailureClass::Retryable
-                    && current.attempts < current.max_attempts =>
-            {
+            Err(failure) if crate::service::retry::worth_retrying(&current, &failure.error) => {
                 let delay = app
                     .settings
                     .retry

@@ -2,7 +2,9 @@
 
 pub mod admin;
 pub mod deliver;
+pub mod finalize;
 pub mod generate;
+pub mod inputs;
 pub mod jobs;
 pub mod messages;
 pub mod reconcile;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::domain::{ErrorCode, FailureClass, Job, JobError};
+
 /// Waits between attempts: band `n` is the jittered range for the wait after `n + 1` failed
 /// attempts; the last band repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +50,67 @@ impl RetryPolicy {
     }
 }
 
+/// Whether a RUNNING job that just failed with `error` gets another attempt. Retryable
+/// failures retry until the job's attempts run out, except an answer without an image, which
+/// is retried once: a model that twice declines to draw a prompt will keep declining.
+pub fn worth_retrying(job: &Job, error: &JobError) -> bool {
+    if error.class() != FailureClass::Retryable || job.attempts >= job.max_attempts {
+        return false;
+    }
+    // While RUNNING, the job still carries the error of the attempt before this one.
+    let again = job
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == ErrorCode::NoImage);
+    !(error.code == ErrorCode::NoImage && again)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Mode, TenantId};
+
+    fn running(attempts: u32, previous: Option<ErrorCode>) -> Job {
+        let mut job = Job::new(
+            TenantId::new("t1"),
+            Mode::Draft,
+            "a fox".into(),
+            None,
+            4,
+            chrono::Utc::now(),
+        );
+        job.attempts = attempts;
+        job.error = previous.map(|code| JobError::new(code, "earlier"));
+        job
+    }
+
+    #[test]
+    fn an_answer_without_an_image_is_retried_once_only() {
+        let no_image = JobError::new(ErrorCode::NoImage, "none");
+
+        assert!(worth_retrying(&running(1, None), &no_image));
+        assert!(worth_retrying(
+            &running(2, Some(ErrorCode::UpstreamUnavailable)),
+            &no_image
+        ));
+        assert!(!worth_retrying(
+            &running(2, Some(ErrorCode::NoImage)),
+            &no_image
+        ));
+    }
+
+    #[test]
+    fn refusals_are_never_retried_and_outages_retry_until_attempts_run_out() {
+        let refused = JobError::new(ErrorCode::ContentRefused, "no");
+        let outage = JobError::new(ErrorCode::UpstreamUnavailable, "503");
+
+        assert!(!worth_retrying(&running(1, None), &refused));
+        assert!(worth_retrying(
+            &running(3, Some(ErrorCode::UpstreamUnavailable)),
+            &outage
+        ));
+        assert!(!worth_retrying(&running(4, None), &outage));
+    }
 
     #[test]
     fn default_schedule_grows_within_its_bands() {

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use tracing::{error, info};
 
 use crate::app::App;
-use crate::domain::{IdempotencyKey, Job, Mode, Prompt, Tenant, WebhookUrl};
+use crate::domain::{IdempotencyKey, Job, Mode, Prompt, Tenant};
+use crate::fetch::ImageSource;
 use crate::ports::{CreateOutcome, IdempotencyClaim, PortError, QueueName};
 use crate::service::messages::GenerateMessage;
 
@@ -18,7 +19,8 @@ use crate::service::messages::GenerateMessage;
 pub struct Submission {
     pub prompt: Prompt,
     pub mode: Mode,
-    pub input_image_url: Option<WebhookUrl>,
+    /// An http(s) URL or an upload reference (`upload://upl_...`).
+    pub input_image_url: Option<ImageSource>,
     /// No attempt starts after this.
     pub deadline: Option<chrono::DateTime<Utc>>,
 }
@@ -29,7 +31,7 @@ impl Submission {
         let canonical = json!({
             "prompt": self.prompt.as_str(),
             "mode": self.mode.as_str(),
-            "inputImageUrl": self.input_image_url.as_ref().map(WebhookUrl::as_str),
+            "inputImageUrl": self.input_image_url.as_ref().map(ImageSource::as_str),
             "deadline": self.deadline,
         });
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
@@ -70,7 +72,7 @@ pub async fn submit(
         tenant.id.clone(),
         submission.mode,
         submission.prompt.into_inner(),
-        submission.input_image_url.map(|u| u.as_str().to_owned()),
+        submission.input_image_url.map(|u| u.as_str()),
         app.settings.max_attempts,
         now,
     );
