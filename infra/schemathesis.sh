@@ -11,7 +11,8 @@ bin="${CARGO_TARGET_DIR:-$root/target}/debug/imagegen-local"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 data=$(mktemp -d)
 admin="schemathesis-admin-$$"
-IMAGEGEN_ADMIN_TOKEN="$admin" "$bin" serve --data "$data" --port "$port" >"$data/serve.log" 2>&1 &
+# Fuzzed URLs may name public addresses: the runner must never call them.
+IMAGEGEN_OUTBOUND=loopback-only IMAGEGEN_ADMIN_TOKEN="$admin" "$bin" serve --data "$data" --port "$port" >"$data/serve.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 

@@ -117,6 +117,7 @@ pub async fn run(data_dir: PathBuf, prompt: &str) -> Result<DemoOutcome, DemoErr
     };
     let admin = SecretString::from(format!("demo-admin-{}", std::process::id()));
     let mut config = LocalConfig::new(data_dir.clone(), admin.clone());
+    config.loopback_only = true;
     config.provider = crate::provider_from_env().map_err(err("provider settings"))?;
     let runner = Runner::start(config)
         .await

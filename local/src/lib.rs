@@ -47,6 +47,8 @@ pub struct LocalConfig {
     pub admin_token: SecretString,
     /// Allow webhooks and image URLs on loopback and plain http (local demos and tests).
     pub allow_loopback: bool,
+    /// Refuse every outbound address but loopback (fuzzing and tests: no traffic leaves).
+    pub loopback_only: bool,
     /// Run the queue pollers; off only in tests that need jobs to stay queued.
     pub workers: bool,
     /// How long the embedded queue hides a received message.
@@ -65,6 +67,7 @@ impl LocalConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token,
             allow_loopback: true,
+            loopback_only: false,
             workers: true,
             visibility: Duration::from_secs(180),
             max_receives: 5,
@@ -136,6 +139,7 @@ impl Runner {
         settings.allow_http_urls = config.allow_loopback;
         let policy = OutboundPolicy {
             allow_loopback: config.allow_loopback,
+            loopback_only: config.loopback_only,
         };
         let deliveries = SqliteDeliveryLog::new(db.clone());
         let provider = config

@@ -99,6 +99,7 @@ async fn serve(args: Args) -> ExitCode {
         .unwrap_or_else(|_| SecretString::from(format!("local-admin-{}", ulid_like())));
     let mut config = LocalConfig::new(data, admin_token.clone());
     config.bind = SocketAddr::from(([127, 0, 0, 1], args.port));
+    config.loopback_only = std::env::var("IMAGEGEN_OUTBOUND").is_ok_and(|v| v == "loopback-only");
     config.provider = match imagegen_local::provider_from_env() {
         Ok(p) => p,
         Err(e) => {

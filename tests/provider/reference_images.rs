@@ -75,6 +75,7 @@ async fn origin() -> String {
 fn loopback() -> OutboundPolicy {
     OutboundPolicy {
         allow_loopback: true,
+        loopback_only: true,
     }
 }
 

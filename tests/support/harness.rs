@@ -273,6 +273,7 @@ impl Harness {
             webhooks: WebhookSender::new(
                 OutboundPolicy {
                     allow_loopback: true,
+                    loopback_only: true,
                 },
                 Duration::from_secs(5),
             ),

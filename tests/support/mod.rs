@@ -30,6 +30,7 @@ pub struct TestTenant {
 pub fn config(data_dir: PathBuf) -> LocalConfig {
     let mut config = LocalConfig::new(data_dir, SecretString::from("test-admin-token".to_owned()));
     config.visibility = Duration::from_secs(2);
+    config.loopback_only = true;
     config
 }
 

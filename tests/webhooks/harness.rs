@@ -85,6 +85,9 @@ impl Harness {
         let queue = SqliteQueue::new(db.clone(), 5);
         let policy = OutboundPolicy {
             allow_loopback: setup.allow_loopback,
+            // Local mode sends only to loopback receivers; production mode runs behind a fake
+            // resolver whose public answers are never connected to by these tests.
+            loopback_only: setup.allow_loopback,
         };
         let mut sender =
             WebhookSender::new(policy, Duration::from_secs(2)).with_schedule(setup.schedule);

@@ -324,6 +324,7 @@ mod tests {
         });
         let policy = OutboundPolicy {
             allow_loopback: true,
+            loopback_only: false,
         };
         let app = App {
             store: Arc::new(SqliteStore::new(db.clone())),

@@ -72,6 +72,9 @@ impl Default for SharedResolver {
 pub struct OutboundPolicy {
     /// Allow loopback addresses, plain http and any port: the local runner's demo only.
     pub allow_loopback: bool,
+    /// Refuse everything but loopback: for fuzzing and test runs, which must never send
+    /// traffic off the machine whatever URLs they register.
+    pub loopback_only: bool,
 }
 
 /// IPv4 blocks no tenant URL may reach: everything that is not the public internet.
@@ -141,6 +144,9 @@ pub fn blocked_reason(ip: IpAddr) -> Option<&'static str> {
 impl OutboundPolicy {
     /// Whether one address may be connected to.
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        if self.loopback_only && !ip.is_loopback() {
+            return false;
+        }
         if self.allow_loopback && ip.is_loopback() {
             return true;
         }
@@ -243,6 +249,19 @@ mod tests {
             ("public.example.test", vec![ip("93.184.216.34")]),
             ("public6.example.test", vec![ip("2606:2800:220:1::1")]),
         ]))
+    }
+
+    #[test]
+    fn loopback_only_refuses_every_public_address() {
+        let policy = OutboundPolicy {
+            allow_loopback: true,
+            loopback_only: true,
+        };
+
+        assert!(policy.allows_ip("127.0.0.1".parse().expect("ip")));
+        assert!(policy.allows_ip("::1".parse().expect("ip")));
+        assert!(!policy.allows_ip("93.184.216.34".parse().expect("ip")));
+        assert!(!policy.allows_ip("2606:2800:220:1::1".parse().expect("ip")));
     }
 
     #[tokio::test]
@@ -352,6 +371,7 @@ mod tests {
     async fn local_runs_allow_loopback_http_and_any_port_but_nothing_else_private() {
         let local = OutboundPolicy {
             allow_loopback: true,
+            loopback_only: false,
         };
         let dns = hostile_dns();
         let url = |raw: &str| Url::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));

@@ -262,6 +262,7 @@ mod tests {
     fn local_sender() -> WebhookSender {
         let policy = OutboundPolicy {
             allow_loopback: true,
+            loopback_only: false,
         };
         WebhookSender::new(policy, DELIVERY_TIMEOUT)
     }
@@ -390,6 +391,7 @@ mod tests {
         let (addr, _) = receiver(StatusCode::OK, Duration::from_secs(5)).await;
         let policy = OutboundPolicy {
             allow_loopback: true,
+            loopback_only: false,
         };
         let sender = WebhookSender::new(policy, Duration::from_millis(200));
 
