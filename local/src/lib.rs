@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::Router;
 use imagegen::blob::FsBlobStore;
 use imagegen::http::ApiError;
-use imagegen::limiter::LocalLimiter;
+use imagegen::limiter::{KeyPool, LimiterSettings, LocalLimiter, SqliteKeyRegistry};
 use imagegen::ports::{BlobStore, Provider, QueueConsumer, QueueName};
 use imagegen::provider::OfflineProvider;
 use imagegen::queue::SqliteQueue;
@@ -140,12 +140,25 @@ impl Runner {
             .provider
             .clone()
             .unwrap_or_else(|| Arc::new(OfflineProvider::default()));
+        let keys = Arc::new(
+            SqliteKeyRegistry::new(db.clone())
+                .await
+                .map_err(fail("cannot open key registry"))?,
+        );
+        let secrets = Arc::new(SqliteSecrets::new(db.clone()));
+        let limiter_settings = LimiterSettings::default();
+        let pool = Arc::new(KeyPool::new(
+            keys.clone(),
+            secrets.clone(),
+            limiter_settings.key_cache_ttl,
+        ));
         let app = App {
             store: Arc::new(SqliteStore::new(db.clone())),
             queue: Arc::new(queue.clone()),
             blobs: Arc::new(blobs.clone()),
-            secrets: Arc::new(SqliteSecrets::new(db)),
-            limiter: Arc::new(LocalLimiter::new()),
+            secrets,
+            limiter: Arc::new(LocalLimiter::new(limiter_settings, pool)),
+            keys,
             provider,
             webhooks: WebhookSender::new(policy, Duration::from_secs(15)),
             settings: Arc::new(settings),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ports::{BlobStore, JobStore, Limiter, Provider, Queue, SecretStore};
+use crate::ports::{BlobStore, JobStore, KeyRegistry, Limiter, Provider, Queue, SecretStore};
 use crate::webhook::WebhookSender;
 
 /// Behaviour settings shared by all handlers, read once at start-up.
@@ -53,6 +53,8 @@ pub struct App {
     pub blobs: Arc<dyn BlobStore>,
     pub secrets: Arc<dyn SecretStore>,
     pub limiter: Arc<dyn Limiter>,
+    /// Upstream key and quota group records (the limiter reads them through its own cache).
+    pub keys: Arc<dyn KeyRegistry>,
     pub provider: Arc<dyn Provider>,
     pub webhooks: WebhookSender,
     pub settings: Arc<AppSettings>,
