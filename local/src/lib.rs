@@ -55,6 +55,8 @@ pub struct LocalConfig {
     pub settings: AppSettings,
     /// The provider; the offline renderer when `None`.
     pub provider: Option<Arc<dyn Provider>>,
+    /// Limits and key health rules of the embedded limiter.
+    pub limiter: LimiterSettings,
 }
 
 impl LocalConfig {
@@ -69,6 +71,7 @@ impl LocalConfig {
             max_receives: 5,
             settings: AppSettings::default(),
             provider: None,
+            limiter: LimiterSettings::default(),
         }
     }
 }
@@ -146,7 +149,7 @@ impl Runner {
                 .map_err(fail("cannot open key registry"))?,
         );
         let secrets = Arc::new(SqliteSecrets::new(db.clone()));
-        let limiter_settings = LimiterSettings::default();
+        let limiter_settings = config.limiter.clone();
         let pool = Arc::new(KeyPool::new(
             keys.clone(),
             secrets.clone(),

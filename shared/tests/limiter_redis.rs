@@ -90,7 +90,10 @@ async fn exercise(limiter: &RedisLimiter) {
         };
         limiter.release(&permit, outcome).await.unwrap();
     }
-    let ids = [UpstreamKeyId::parse("k1").unwrap(), UpstreamKeyId::parse("k2").unwrap()];
+    let ids = [
+        UpstreamKeyId::parse("k1").unwrap(),
+        UpstreamKeyId::parse("k2").unwrap(),
+    ];
     limiter.key_health(&ids).await.unwrap();
 }
 
@@ -149,7 +152,11 @@ async fn the_scripts_run_on_a_cluster_node_because_their_keys_share_one_slot() {
         .await
         .unwrap();
     for _ in 0..100 {
-        let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut admin).await.unwrap();
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
         if info.contains("cluster_state:ok") {
             break;
         }
@@ -207,17 +214,52 @@ async fn a_tls_server_is_reached_with_rediss_and_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-        "-keyout", &path("ca.key"), "-out", &path("ca.pem"),
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.pem"),
     ]);
-    std::fs::write(path("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    std::fs::write(
+        path("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
     openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
-        &path("server.key"), "-out", &path("server.csr"),
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &path("server.key"),
+        "-out",
+        &path("server.csr"),
     ]);
     openssl(&[
-        "x509", "-req", "-in", &path("server.csr"), "-CA", &path("ca.pem"), "-CAkey",
-        &path("ca.key"), "-CAcreateserial", "-days", "1", "-extfile", &path("ext.cnf"), "-out",
+        "x509",
+        "-req",
+        "-in",
+        &path("server.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &path("ext.cnf"),
+        "-out",
         &path("server.pem"),
     ]);
     let tls_port = LocalRedisServer::free_port().unwrap().to_string();
@@ -234,9 +276,8 @@ async fn a_tls_server_is_reached_with_rediss_and_a_private_ca() {
         "no",
     ])
     .unwrap();
-    let mut settings = RedisSettings::new(SecretString::from(format!(
-        "rediss://127.0.0.1:{tls_port}"
-    )));
+    let mut settings =
+        RedisSettings::new(SecretString::from(format!("rediss://127.0.0.1:{tls_port}")));
     settings.ca_pem = Some(std::fs::read(path("ca.pem")).unwrap());
 
     let limiter = RedisLimiter::connect(

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     IdempotencyInProgress,
     JobNotCancelable,
+    ResourceExists,
+    ResourceInUse,
     Unavailable,
     Internal,
     // Job failure codes.
@@ -61,6 +63,8 @@ impl ErrorCode {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyInProgress => "IDEMPOTENCY_IN_PROGRESS",
             Self::JobNotCancelable => "JOB_NOT_CANCELABLE",
+            Self::ResourceExists => "RESOURCE_EXISTS",
+            Self::ResourceInUse => "RESOURCE_IN_USE",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
             Self::UpstreamRateLimited => "UPSTREAM_RATE_LIMITED",

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod deliver;
 pub mod generate;
 pub mod jobs;
+pub mod keys;
 pub mod messages;
 pub mod reconcile;
 pub mod retry;
