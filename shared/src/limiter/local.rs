@@ -135,11 +135,15 @@ impl State {
         (wait.max(0), load)
     }
 
-    fn take(&mut self, level: &str, lease_id: &str, now: i64, expiry: i64) {
-        self.logs
-            .entry(level.to_owned())
-            .or_default()
-            .push_back((now, lease_id.to_owned()));
+    /// Take a lease; log the admission where a rate is limited (and always per key, for its
+    /// health figures), so unlimited levels cost no memory per admission.
+    fn take(&mut self, level: &str, lease_id: &str, now: i64, expiry: i64, logged: bool) {
+        if logged {
+            self.logs
+                .entry(level.to_owned())
+                .or_default()
+                .push_back((now, lease_id.to_owned()));
+        }
         self.leases
             .entry(level.to_owned())
             .or_default()
@@ -205,7 +209,8 @@ impl LocalLimiter {
 
         let mut chosen: Option<(&Candidate, (f64, f64, u32))> = None;
         let mut soonest: Option<i64> = None;
-        if request.needs_key {
+        // A full global or tenant level decides the wait on its own, as in the Redis script.
+        if request.needs_key && shared_wait == 0 {
             for candidate in candidates {
                 let key = key_level(&candidate.key);
                 let group = group_level(&candidate.group);
@@ -262,13 +267,27 @@ impl LocalLimiter {
         }
 
         let lease_id = format!("{now}-{:016x}", rand::thread_rng().gen::<u64>());
-        let expiry = now + ms(request.lease);
-        state.take(GLOBAL, &lease_id, now, expiry);
-        state.take(&tenant, &lease_id, now, expiry);
+        let expiry = now + ms(request.lease.min(settings.max_lease));
+        let global_logged = settings.global.requests_per_minute.is_some();
+        state.take(GLOBAL, &lease_id, now, expiry, global_logged);
+        state.take(
+            &tenant,
+            &lease_id,
+            now,
+            expiry,
+            request.tenant_rpm.is_some(),
+        );
         let key_id = match chosen {
             Some((candidate, _)) => {
-                state.take(&key_level(&candidate.key), &lease_id, now, expiry);
-                state.take(&group_level(&candidate.group), &lease_id, now, expiry);
+                state.take(&key_level(&candidate.key), &lease_id, now, expiry, true);
+                let group_logged = candidate.group_limits.requests_per_minute.is_some();
+                state.take(
+                    &group_level(&candidate.group),
+                    &lease_id,
+                    now,
+                    expiry,
+                    group_logged,
+                );
                 let health = state.health.entry(candidate.key.clone()).or_default();
                 if health.probing {
                     health.probe = Some((lease_id.clone(), expiry));

@@ -50,6 +50,9 @@ pub struct LimiterSettings {
     pub key_cache_ttl: Duration,
     /// Outcomes kept per key for the error rate and latency figures.
     pub health_samples: u32,
+    /// The longest lease granted; longer requests are cut to it. Redis keys holding leases
+    /// live this long (plus a second) after their last write.
+    pub max_lease: Duration,
 }
 
 impl Default for LimiterSettings {
@@ -65,6 +68,7 @@ impl Default for LimiterSettings {
             daily_reset_utc_hour: 8,
             key_cache_ttl: Duration::from_secs(10),
             health_samples: 100,
+            max_lease: Duration::from_secs(900),
         }
     }
 }

@@ -139,9 +139,14 @@ impl RedisLimiter {
         format!("{{{}}}:{kind}:{level}", self.redis.namespace)
     }
 
-    /// A level's admission log and lease set.
-    fn level(&self, level: &str) -> [String; 2] {
-        [self.key("r", level), self.key("l", level)]
+    /// A level's sorted set of admissions and leases.
+    fn level(&self, level: &str) -> String {
+        self.key("z", level)
+    }
+
+    fn global_limited(&self) -> bool {
+        let global = self.settings.global;
+        global.requests_per_minute.is_some() || global.concurrency.is_some()
     }
 
     fn key_level(key: &UpstreamKeyId) -> String {
@@ -173,26 +178,21 @@ impl Limiter for RedisLimiter {
         };
         let settings = &self.settings;
 
+        let lease = request.lease.min(settings.max_lease);
+        let set_ttl = ms(lease.max(settings.max_lease).max(settings.window)) + 1000;
+
         let mut call = self.acquire.prepare_invoke();
-        for name in self.level("g") {
-            call.key(name);
-        }
-        for name in self.level(&format!("t:{}", request.tenant_id)) {
-            call.key(name);
-        }
+        call.key(self.level("g"))
+            .key(self.level(&format!("t:{}", request.tenant_id)));
         for candidate in candidates.iter() {
             let key = Self::key_level(&candidate.key);
             let group = Self::group_level(&candidate.group);
-            let [key_log, key_leases] = self.level(&key);
-            let [group_log, group_leases] = self.level(&group);
-            call.key(key_log)
-                .key(key_leases)
+            call.key(self.level(&key))
                 .key(self.key("h", &key))
-                .key(group_log)
-                .key(group_leases)
+                .key(self.level(&group))
                 .key(self.key("h", &group));
         }
-        call.arg(ms(request.lease))
+        call.arg(ms(lease))
             .arg(ms(settings.window))
             .arg(ms(settings.busy_retry))
             .arg(ms(settings.no_key_retry))
@@ -202,6 +202,7 @@ impl Limiter for RedisLimiter {
             .arg(limit(settings.global.concurrency))
             .arg(limit(request.tenant_rpm))
             .arg(i64::from(request.tenant_concurrency))
+            .arg(set_ttl)
             .arg(candidates.len());
         for candidate in candidates.iter() {
             call.arg(candidate.key.as_str())
@@ -264,24 +265,16 @@ impl Limiter for RedisLimiter {
         };
 
         let mut call = self.release.prepare_invoke();
-        for name in self.level("g") {
-            call.key(name);
-        }
-        for name in self.level(&format!("t:{}", permit.tenant_id)) {
-            call.key(name);
-        }
+        call.key(self.level("g"))
+            .key(self.level(&format!("t:{}", permit.tenant_id)));
         if let Some(key) = &key {
             let level = Self::key_level(key);
-            for name in self.level(&level) {
-                call.key(name);
-            }
-            call.key(self.key("h", &level)).key(self.key("s", &level));
+            call.key(self.level(&level))
+                .key(self.key("h", &level))
+                .key(self.key("s", &level));
             if let Some(group) = &group {
                 let level = Self::group_level(group);
-                for name in self.level(&level) {
-                    call.key(name);
-                }
-                call.key(self.key("h", &level));
+                call.key(self.level(&level)).key(self.key("h", &level));
             }
         }
         call.arg(&permit.lease_id)
@@ -293,7 +286,8 @@ impl Limiter for RedisLimiter {
             .arg(settings.health_samples.max(1))
             .arg(ms(self.redis.health_ttl))
             .arg(if key.is_some() { 1 } else { 0 })
-            .arg(if group.is_some() { 1 } else { 0 });
+            .arg(if group.is_some() { 1 } else { 0 })
+            .arg(if self.global_limited() { 1 } else { 0 });
 
         let mut connection = self.connection.clone();
         let answer: Value = call
@@ -331,14 +325,13 @@ impl Limiter for RedisLimiter {
                 // A key without a group has no group cooldown: point at a key never written.
                 None => "q:-".to_owned(),
             };
-            let [log, leases] = self.level(&level);
-            call.key(log)
-                .key(leases)
+            call.key(self.level(&level))
                 .key(self.key("h", &level))
                 .key(self.key("s", &level))
                 .key(self.key("h", &group));
         }
-        call.arg(ms(self.settings.window));
+        call.arg(ms(self.settings.window))
+            .arg(self.settings.health_samples.max(1));
 
         let mut connection = self.connection.clone();
         let answer: Value = call
