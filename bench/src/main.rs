@@ -577,7 +577,10 @@ async fn crash() -> BenchResult<()> {
     }
     let recovered = killed.elapsed();
     for permit in &permits {
-        let _ = limiter.release(permit, KeyOutcome::Success).await;
+        limiter
+            .release(permit, KeyOutcome::Success)
+            .await
+            .map_err(err("release"))?;
     }
 
     let mut connection = limiter.connection();
@@ -598,6 +601,9 @@ async fn crash() -> BenchResult<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var("BENCH_DEBUG").is_ok() {
+        eprintln!("{keys:?}");
+    }
     println!(
         "  pool full before the kill: {full}; all 20 leases back {:.2} s after the kill \
          (bound: lease TTL + 1 s = {} s); keys {}, without a TTL {without_ttl}",

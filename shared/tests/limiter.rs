@@ -331,6 +331,19 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn work_spreads_over_keys_that_have_no_limits_of_their_own() {
+                let h = $make(settings()).await;
+                h.group("p1", limits(None, None)).await;
+                h.key("k1", "p1", limits(None, None)).await;
+                h.key("k2", "p1", limits(None, None)).await;
+
+                let a = h.grant(&keyed("t1")).await.key_id.unwrap();
+                let b = h.grant(&keyed("t1")).await.key_id.unwrap();
+
+                assert_ne!(a, b);
+            }
+
+            #[tokio::test]
             async fn the_healthier_key_wins_between_equally_loaded_ones() {
                 let h = $make(settings()).await;
                 h.group("p1", limits(None, None)).await;

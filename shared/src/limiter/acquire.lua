@@ -23,9 +23,9 @@ local busy = tonumber(ARGV[3])
 local no_key = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[11])
 
--- How long until this level could admit one more (0 = now), and how full it is. Counting by
--- score range needs no pruning first.
-local function check(z, rpm, conc)
+-- How long until this level could admit one more (0 = now), and how full it is (`spread`: also
+-- when it has no concurrency limit). Counting by score range needs no pruning first.
+local function check(z, rpm, conc, spread)
   local wait, load = 0, 0
   if rpm >= 0 then
     local low, high = now - window, '(' .. OFFSET
@@ -47,6 +47,10 @@ local function check(z, rpm, conc)
       if e[2] then freed = tonumber(e[2]) - OFFSET - now end
       wait = math.max(wait, math.max(math.min(freed, busy), 1))
     end
+  elseif spread then
+    -- Without a limit, the lease count alone (scaled below any fraction) spreads the work.
+    local n = redis.call('ZCOUNT', z, '(' .. (OFFSET + now), '+inf')
+    load = math.max(load, n * 0.000001)
   end
   return math.max(wait, 0), load
 end
@@ -59,7 +63,7 @@ local tenant_wait = check(KEYS[2], tonumber(ARGV[9]), tonumber(ARGV[10]))
 local shared_wait = math.max(global_wait, tenant_wait)
 
 local needs_key = ARGV[6] == '1'
-local best, best_load, best_ewma, best_failures, best_probing
+local best, best_load, best_key_load, best_ewma, best_failures, best_probing
 local soonest
 -- Keys of one project share its group: check each group once per call.
 local groups = {}
@@ -73,7 +77,7 @@ if needs_key and shared_wait == 0 then
     if h[6] ~= '1' then
       local group = groups[KEYS[k + 3]]
       if not group then
-        local gw, gl = check(KEYS[k + 3], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]))
+        local gw, gl = check(KEYS[k + 3], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), true)
         local gcd = tonumber(redis.call('HGET', KEYS[k + 4], 'cd') or 0)
         group = {math.max(gw, gcd - now), gl}
         groups[KEYS[k + 3]] = group
@@ -87,7 +91,8 @@ if needs_key and shared_wait == 0 then
       end
       local key_wait, key_load = 0, 0
       if wait == 0 and group_wait == 0 then
-        key_wait, key_load = check(KEYS[k + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
+        key_wait, key_load =
+          check(KEYS[k + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), true)
       end
       wait = math.max(wait, key_wait, group_wait)
       if wait > 0 then
@@ -96,12 +101,14 @@ if needs_key and shared_wait == 0 then
         local load = math.max(key_load, group_load)
         local ewma = tonumber(h[7] or 0)
         local failures = tonumber(h[2] or 0)
+        -- Least loaded (the busier of key and group, then the key alone), then healthiest.
         local better = not best or load < best_load
-          or (load == best_load and (ewma < best_ewma
-            or (ewma == best_ewma and failures < best_failures)))
+          or (load == best_load and (key_load < best_key_load
+            or (key_load == best_key_load and (ewma < best_ewma
+              or (ewma == best_ewma and failures < best_failures)))))
         if better then
-          best, best_load, best_ewma, best_failures, best_probing =
-            i, load, ewma, failures, probing
+          best, best_load, best_key_load, best_ewma, best_failures, best_probing =
+            i, load, key_load, ewma, failures, probing
         end
       end
     end

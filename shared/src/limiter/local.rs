@@ -117,8 +117,12 @@ impl State {
                 };
             }
         }
+        let held = self.leases.get(level).map_or(0, HashMap::len);
+        if limits.concurrency.is_none() {
+            // Without a limit, the lease count alone (scaled below any fraction) spreads work.
+            load = load.max(held as f64 * 0.000_001);
+        }
         if let Some(limit) = limits.concurrency {
-            let held = self.leases.get(level).map_or(0, HashMap::len);
             load = load.max(held as f64 / f64::from(limit.max(1)));
             if held >= limit as usize {
                 let mut expiries: Vec<i64> = self
@@ -207,7 +211,7 @@ impl LocalLimiter {
         let (tenant_wait, _) = state.wait(&tenant, tenant_limits, now, settings);
         let shared_wait = global_wait.max(tenant_wait);
 
-        let mut chosen: Option<(&Candidate, (f64, f64, u32))> = None;
+        let mut chosen: Option<(&Candidate, (f64, f64, f64, u32))> = None;
         let mut soonest: Option<i64> = None;
         // A full global or tenant level decides the wait on its own, as in the Redis script.
         if request.needs_key && shared_wait == 0 {
@@ -244,8 +248,10 @@ impl LocalLimiter {
                     soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
                     continue;
                 }
+                // Least loaded (the busier of key and group, then the key alone), then healthiest.
                 let rank = (
                     key_load.max(group_load),
+                    key_load,
                     health.map_or(0.0, |h| h.ewma),
                     health.map_or(0, |h| h.failures),
                 );
