@@ -24,6 +24,9 @@ use crate::ports::{
 /// Admission times of one level, oldest first, with the lease that made each.
 type Log = VecDeque<(i64, String)>;
 
+/// How a usable key compares: shared load, key load, recent failure share, failures.
+type Rank = (f64, f64, f64, u32);
+
 #[derive(Default)]
 struct Health {
     cooldown_until: i64,
@@ -211,7 +214,7 @@ impl LocalLimiter {
         let (tenant_wait, _) = state.wait(&tenant, tenant_limits, now, settings);
         let shared_wait = global_wait.max(tenant_wait);
 
-        let mut chosen: Option<(&Candidate, (f64, f64, f64, u32))> = None;
+        let mut chosen: Option<(&Candidate, Rank)> = None;
         let mut soonest: Option<i64> = None;
         // A full global or tenant level decides the wait on its own, as in the Redis script.
         if request.needs_key && shared_wait == 0 {
