@@ -92,6 +92,10 @@ if sample then
     redis.call('PEXPIRE', KEYS[5], health_ttl)
   end
 end
+-- A healthy key staying healthy needs no write: its hash would only say so again.
+local clean = failures == 0 and not probing and probe_lease == ''
+  and cd <= now and disabled == 0 and ewma < 0.001
+if clean then return {1, 0} end
 local p = '0'
 if probing then p = '1' end
 redis.call('HSET', health, 'cd', string.format('%d', cd), 'f', failures, 'p', p,
