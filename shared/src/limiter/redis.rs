@@ -39,6 +39,26 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// Read `IMAGEGEN_REDIS_URL` (required), `IMAGEGEN_REDIS_NAMESPACE` and
+    /// `IMAGEGEN_REDIS_CA_FILE` (a PEM file of a private CA) once, at start-up.
+    ///
+    /// # Errors
+    /// A message naming the variable that is missing or the file that cannot be read.
+    pub fn from_env() -> Result<Self, String> {
+        let url = std::env::var("IMAGEGEN_REDIS_URL")
+            .map_err(|_| "IMAGEGEN_REDIS_URL is not set (redis:// or rediss:// URL)".to_owned())?;
+        let mut settings = Self::new(url.into());
+        if let Ok(namespace) = std::env::var("IMAGEGEN_REDIS_NAMESPACE") {
+            settings.namespace = namespace;
+        }
+        if let Ok(path) = std::env::var("IMAGEGEN_REDIS_CA_FILE") {
+            let pem = std::fs::read(&path)
+                .map_err(|e| format!("IMAGEGEN_REDIS_CA_FILE {path} cannot be read: {e}"))?;
+            settings.ca_pem = Some(pem);
+        }
+        Ok(settings)
+    }
+
     pub fn new(url: SecretString) -> Self {
         Self {
             url,
@@ -105,6 +125,13 @@ impl RedisLimiter {
         redis: RedisSettings,
         pool: Arc<KeyPool>,
     ) -> PortResult<Self> {
+        let namespace = &redis.namespace;
+        if namespace.is_empty() || namespace.contains(['{', '}']) {
+            // The namespace is the hash tag that keeps every key in one cluster slot.
+            return Err(PortError::Internal(format!(
+                "redis namespace {namespace:?} must be non-empty and free of braces"
+            )));
+        }
         let url = redis.url.expose_secret();
         let client = match &redis.ca_pem {
             Some(pem) => redis::Client::build_with_tls(

@@ -7,7 +7,7 @@
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::app::App;
 use crate::domain::{KeyState, Limits, QuotaGroup, QuotaGroupId, UpstreamKey, UpstreamKeyId};
@@ -231,16 +231,25 @@ pub async fn delete_key(app: &App, id: &UpstreamKeyId) -> Result<(), KeyAdminErr
 pub struct KeyView {
     #[serde(flatten)]
     pub key: UpstreamKey,
-    pub health: KeyHealth,
+    /// `null` when the limiter cannot be reached: the records are still worth showing.
+    pub health: Option<KeyHealth>,
 }
 
-/// Keys with their health, in the order given.
+/// Keys with their health, in the order given. When the limiter cannot be reached the keys
+/// are returned without health rather than not at all.
 ///
 /// # Errors
-/// [`PortError`] when the limiter cannot be reached.
+/// None today; the signature leaves room for a registry read.
 pub async fn views(app: &App, keys: Vec<UpstreamKey>) -> Result<Vec<KeyView>, PortError> {
     let ids: Vec<UpstreamKeyId> = keys.iter().map(|k| k.id.clone()).collect();
-    let health = app.limiter.key_health(&ids).await?;
+    let mut health = match app.limiter.key_health(&ids).await {
+        Ok(health) => health.into_iter().map(Some).collect(),
+        Err(e) => {
+            warn!(error = %e, "key health unavailable");
+            Vec::new()
+        }
+    };
+    health.resize(keys.len(), None);
     Ok(keys
         .into_iter()
         .zip(health)
