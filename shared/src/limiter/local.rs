@@ -409,7 +409,7 @@ impl Limiter for LocalLimiter {
             let now = self.clock.now_ms();
             let lease = permit.lease_id.as_str();
             state.give_back(GLOBAL, lease, refund);
-            let held = state.give_back(&tenant_level(permit.tenant_id.as_str()), lease, refund);
+            state.give_back(&tenant_level(permit.tenant_id.as_str()), lease, refund);
             match &key {
                 Some(key) => {
                     let held = state.give_back(&key_level(key), lease, refund);
@@ -419,10 +419,7 @@ impl Limiter for LocalLimiter {
                     // A repeated release must not count the same outcome twice.
                     held && self.record(&mut state, key, group.as_ref(), lease, &outcome, now)
                 }
-                None => {
-                    let _ = held;
-                    false
-                }
+                None => false,
             }
         };
 
