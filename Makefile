@@ -21,8 +21,11 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test-rust:
+	bash infra/ensure-redis.sh
 	$(CARGO) test --workspace
 
 ## Fuzz the local runner from docs/openapi.yaml (installs schemathesis into the project venv).
 test-schemathesis:
 	infra/schemathesis.sh
+
+-include infra/*.mk

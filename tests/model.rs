@@ -235,7 +235,7 @@ impl World {
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let h = Harness::new(fast_settings());
+        let h = Harness::new(fast_settings()).await;
         let plan = Plan {
             requests_per_minute: 1000,
             daily_cap: 1000,

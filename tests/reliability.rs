@@ -79,7 +79,7 @@ async fn statuses(h: &Harness, id: &JobId) -> Vec<JobStatus> {
 
 #[tokio::test]
 async fn a_throttle_storm_is_retried_until_the_upstream_recovers() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider
         .push([throttled(None), throttled(None), server_error()]);
@@ -102,7 +102,7 @@ async fn a_throttle_storm_is_retried_until_the_upstream_recovers() {
 
 #[tokio::test]
 async fn endless_throttling_fails_after_max_attempts_with_the_last_error_and_refunds() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push(std::iter::repeat_n(throttled(None), 10));
     let id = submit_one(&h, &tenant).await;
@@ -119,7 +119,7 @@ async fn endless_throttling_fails_after_max_attempts_with_the_last_error_and_ref
 
 #[tokio::test]
 async fn a_content_refusal_is_final_at_once() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push([refused()]);
     let id = submit_one(&h, &tenant).await;
@@ -134,7 +134,7 @@ async fn a_content_refusal_is_final_at_once() {
 
 #[tokio::test]
 async fn a_hang_past_the_timeout_becomes_a_retryable_timeout() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push([Step::Hang]);
     let id = submit_one(&h, &tenant).await;
@@ -148,7 +148,7 @@ async fn a_hang_past_the_timeout_becomes_a_retryable_timeout() {
 
 #[tokio::test]
 async fn an_upstream_retry_hint_longer_than_the_backoff_is_honoured() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider
         .push([throttled(Some(Duration::from_millis(600)))]);
@@ -167,7 +167,7 @@ async fn an_upstream_retry_hint_longer_than_the_backoff_is_honoured() {
 
 #[tokio::test]
 async fn concurrent_deliveries_of_one_message_run_the_job_once() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     let id = submit_one(&h, &tenant).await;
     let copy = serde_json::to_string(&GenerateMessage {
@@ -217,7 +217,7 @@ async fn concurrent_deliveries_of_one_message_run_the_job_once() {
 
 #[tokio::test]
 async fn a_message_for_a_finished_job_is_acknowledged_and_dropped() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     let id = submit_one(&h, &tenant).await;
     let done = run_to_end(&h, &id).await;
@@ -250,7 +250,7 @@ async fn a_message_for_a_finished_job_is_acknowledged_and_dropped() {
 
 #[tokio::test]
 async fn a_worker_killed_after_the_upstream_answered_is_taken_over_once_its_lease_ends() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     let id = submit_one(&h, &tenant).await;
     h.blobs.hang.store(true, Ordering::SeqCst);
@@ -292,7 +292,7 @@ async fn a_worker_killed_after_the_upstream_answered_is_taken_over_once_its_leas
 
 #[tokio::test]
 async fn a_failed_queue_send_after_the_job_write_is_recovered_by_the_reconciler() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.flaky_queue.failing.store(true, Ordering::SeqCst);
     let id = submit_one(&h, &tenant).await;
@@ -311,7 +311,7 @@ async fn a_failed_queue_send_after_the_job_write_is_recovered_by_the_reconciler(
 
 #[tokio::test]
 async fn an_unreachable_limiter_pauses_dispatch_and_jobs_wait_instead_of_failing() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.limiter.down.store(true, Ordering::SeqCst);
     let id = submit_one(&h, &tenant).await;
@@ -332,7 +332,7 @@ async fn an_unreachable_limiter_pauses_dispatch_and_jobs_wait_instead_of_failing
 
 #[tokio::test]
 async fn a_denied_job_is_redelayed_without_counting_attempts_or_receives() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(20));
     let id = submit_one(&h, &tenant).await;
@@ -381,7 +381,7 @@ async fn a_denied_job_is_redelayed_without_counting_attempts_or_receives() {
 
 #[tokio::test]
 async fn an_unreadable_message_ends_in_the_dead_letter_queue() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     h.queue
         .send(QueueName::Generate, "{not json", Duration::ZERO)
         .await
@@ -403,7 +403,7 @@ async fn an_unreadable_message_ends_in_the_dead_letter_queue() {
 
 #[tokio::test]
 async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poison() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     let id = submit_one(&h, &tenant).await;
     // The job must wait, but the wait cannot be queued: every step fails inside the service.
@@ -434,7 +434,7 @@ async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poi
 
 #[tokio::test]
 async fn canceling_a_running_job_discards_its_result_and_refunds() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push([Step::Hang]);
     let id = submit_one(&h, &tenant).await;
@@ -470,7 +470,7 @@ async fn canceling_a_running_job_discards_its_result_and_refunds() {
 
 #[tokio::test]
 async fn a_job_not_started_by_its_deadline_fails_as_expired() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_secs(5));
     let mut late = submission("too late");
@@ -494,7 +494,7 @@ async fn a_job_not_started_by_its_deadline_fails_as_expired() {
 
 #[tokio::test]
 async fn twenty_concurrent_submits_with_one_key_make_one_job_and_one_message() {
-    let h = Harness::new(fast_settings());
+    let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     let key = IdempotencyKey::parse("same-key").expect("key");
 

@@ -21,7 +21,7 @@ use axum::Router;
 use imagegen::blob::FsBlobStore;
 use imagegen::deliveries::SqliteDeliveryLog;
 use imagegen::http::ApiError;
-use imagegen::limiter::LocalLimiter;
+use imagegen::limiter::{KeyPool, LimiterSettings, LocalLimiter, SqliteKeyRegistry};
 use imagegen::ports::{BlobStore, Provider, QueueConsumer, QueueName};
 use imagegen::provider::{GeminiProvider, GeminiSettings, OfflineProvider};
 use imagegen::queue::SqliteQueue;
@@ -58,6 +58,8 @@ pub struct LocalConfig {
     pub settings: AppSettings,
     /// The provider; the offline renderer when `None`.
     pub provider: Option<Arc<dyn Provider>>,
+    /// Limits and key health rules of the embedded limiter.
+    pub limiter: LimiterSettings,
 }
 
 impl LocalConfig {
@@ -73,6 +75,7 @@ impl LocalConfig {
             max_receives: 5,
             settings: AppSettings::default(),
             provider: None,
+            limiter: LimiterSettings::default(),
         }
     }
 }
@@ -146,12 +149,25 @@ impl Runner {
             .provider
             .clone()
             .unwrap_or_else(|| Arc::new(OfflineProvider::default()));
+        let keys = Arc::new(
+            SqliteKeyRegistry::new(db.clone())
+                .await
+                .map_err(fail("cannot open key registry"))?,
+        );
+        let secrets = Arc::new(SqliteSecrets::new(db.clone()));
+        let limiter_settings = config.limiter.clone();
+        let pool = Arc::new(KeyPool::new(
+            keys.clone(),
+            secrets.clone(),
+            limiter_settings.key_cache_ttl,
+        ));
         let app = App {
             store: Arc::new(SqliteStore::new(db.clone())),
             queue: Arc::new(queue.clone()),
             blobs: Arc::new(blobs.clone()),
-            secrets: Arc::new(SqliteSecrets::new(db)),
-            limiter: Arc::new(LocalLimiter::new()),
+            secrets,
+            limiter: Arc::new(LocalLimiter::new(limiter_settings, pool)),
+            keys,
             provider,
             webhooks: WebhookSender::new(policy, DELIVERY_TIMEOUT),
             deliveries: Arc::new(deliveries),

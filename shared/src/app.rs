@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ports::{BlobStore, DeliveryLog, JobStore, Limiter, Provider, Queue, SecretStore};
+use crate::ports::{
+    BlobStore, DeliveryLog, JobStore, KeyRegistry, Limiter, Provider, Queue, SecretStore,
+};
 use crate::service::retry::RetryPolicy;
 use crate::webhook::WebhookSender;
 
@@ -69,6 +71,8 @@ pub struct App {
     pub blobs: Arc<dyn BlobStore>,
     pub secrets: Arc<dyn SecretStore>,
     pub limiter: Arc<dyn Limiter>,
+    /// Upstream key and quota group records (the limiter reads them through its own cache).
+    pub keys: Arc<dyn KeyRegistry>,
     pub provider: Arc<dyn Provider>,
     pub webhooks: WebhookSender,
     /// Webhook events and their delivery attempts.

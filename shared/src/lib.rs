@@ -9,6 +9,7 @@ pub mod app;
 pub mod blob;
 pub mod deliveries;
 pub mod domain;
+pub mod embedded;
 pub mod fetch;
 pub mod handlers;
 pub mod http;

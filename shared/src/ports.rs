@@ -10,7 +10,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    IdempotencyKey, Job, JobError, JobId, JobStatus, Mode, Tenant, TenantId, UsageDay, WebhookEvent,
+    IdempotencyKey, Job, JobError, JobId, JobStatus, Mode, QuotaGroup, QuotaGroupId, Tenant,
+    TenantId, UpstreamKey, UpstreamKeyId, UsageDay, WebhookEvent,
 };
 
 /// A failure of a backing service. `Conflict`-style outcomes are not errors: they are values of
@@ -296,6 +297,8 @@ pub trait SecretStore: Send + Sync {
 pub struct PermitRequest {
     pub tenant_id: TenantId,
     pub tenant_concurrency: u32,
+    /// Dispatches of this tenant in any sliding window; `None` is unlimited.
+    pub tenant_rpm: Option<u32>,
     /// Whether the provider needs an upstream key (the offline provider does not).
     pub needs_key: bool,
     /// How long the permit may be held before it is reclaimed.
@@ -334,11 +337,31 @@ pub enum KeyOutcome {
     },
     /// The key is invalid or revoked.
     Invalid,
-    /// The key's per-day quota is used up: rest it this long (until the quota resets), while
-    /// other keys carry on.
+    /// The upstream was never called: the admission is handed back as if it had not been made.
+    Unused,
+    /// The upstream's per-day quota is spent; it comes back at `resets_at` (the limiter's
+    /// configured daily reset when the upstream did not say).
     QuotaExhausted {
-        retry_after: Option<Duration>,
+        resets_at: Option<DateTime<Utc>>,
     },
+}
+
+/// What the limiter knows of one upstream key right now, for operators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyHealth {
+    pub key_id: UpstreamKeyId,
+    pub in_flight: u32,
+    /// Admissions in the last window (60 s unless configured otherwise).
+    pub requests_last_minute: u32,
+    /// The key (or its group) takes no work before this.
+    pub cooldown_until: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+    /// Share of the recent attempts (up to the last 100) that failed.
+    pub error_rate: f64,
+    pub p95_latency_ms: Option<u64>,
+    /// The limiter stopped using the key because the upstream called it invalid.
+    pub disabled: bool,
 }
 
 /// Rate limits and concurrency at every level, and the upstream key pool.
@@ -361,6 +384,84 @@ pub trait Limiter: Send + Sync {
     /// # Errors
     /// [`PortError`] when the key's secret cannot be read.
     async fn key_secret(&self, key_id: &str) -> PortResult<Option<SecretString>>;
+
+    /// Load and health figures of the given keys, in the same order.
+    ///
+    /// # Errors
+    /// [`PortError`] when the limiter cannot be reached.
+    async fn key_health(&self, keys: &[UpstreamKeyId]) -> PortResult<Vec<KeyHealth>> {
+        Ok(keys
+            .iter()
+            .map(|id| KeyHealth {
+                key_id: id.clone(),
+                in_flight: 0,
+                requests_last_minute: 0,
+                cooldown_until: None,
+                consecutive_failures: 0,
+                error_rate: 0.0,
+                p95_latency_ms: None,
+                disabled: false,
+            })
+            .collect())
+    }
+
+    /// A key or group record changed in the registry: stop using cached records, and when an
+    /// operator re-enabled `key`, forget that the upstream called it invalid.
+    ///
+    /// # Errors
+    /// [`PortError`] when the limiter cannot be reached.
+    async fn key_changed(&self, _key: Option<&UpstreamKeyId>) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+/// Durable records of upstream keys and quota groups (a SQLite table, or one DynamoDB item
+/// per record keyed by kind and id). Secrets are not kept here.
+#[async_trait]
+pub trait KeyRegistry: Send + Sync {
+    /// Create or replace a quota group.
+    ///
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn put_group(&self, group: &QuotaGroup) -> PortResult<()>;
+
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn get_group(&self, id: &QuotaGroupId) -> PortResult<Option<QuotaGroup>>;
+
+    /// Every quota group, by id.
+    ///
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn list_groups(&self) -> PortResult<Vec<QuotaGroup>>;
+
+    /// Remove a group; `false` when it did not exist.
+    ///
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn delete_group(&self, id: &QuotaGroupId) -> PortResult<bool>;
+
+    /// Create or replace a key record.
+    ///
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn put_key(&self, key: &UpstreamKey) -> PortResult<()>;
+
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn get_key(&self, id: &UpstreamKeyId) -> PortResult<Option<UpstreamKey>>;
+
+    /// Every key, by id.
+    ///
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn list_keys(&self) -> PortResult<Vec<UpstreamKey>>;
+
+    /// Remove a key record; `false` when it did not exist.
+    ///
+    /// # Errors
+    /// [`PortError`] when the registry fails.
+    async fn delete_key(&self, id: &UpstreamKeyId) -> PortResult<bool>;
 }
 
 /// A reference image, already fetched and sniffed.

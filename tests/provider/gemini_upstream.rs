@@ -289,8 +289,11 @@ async fn per_day_429_rests_the_key_until_the_quota_resets_but_not_the_job() {
     assert_eq!(error.retry_after, None);
     match error.key_outcome {
         KeyOutcome::QuotaExhausted {
-            retry_after: Some(rest),
-        } => assert!(rest > Duration::ZERO && rest <= Duration::from_secs(24 * 3600)),
+            resets_at: Some(at),
+        } => {
+            let rest = at - chrono::Utc::now();
+            assert!(rest > chrono::Duration::zero() && rest <= chrono::Duration::hours(24));
+        }
         other => panic!("expected QuotaExhausted, got {other:?}"),
     }
 }

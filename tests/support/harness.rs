@@ -10,9 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use imagegen::blob::FsBlobStore;
-use imagegen::deliveries::SqliteDeliveryLog;
 use imagegen::domain::{ErrorCode, JobError, Plan, Tenant};
-use imagegen::limiter::LocalLimiter;
+use imagegen::limiter::LimiterSettings;
 use imagegen::ports::{
     Admission, BlobStore, GeneratedImage, Generation, GenerationRequest, KeyOutcome, Limiter,
     Permit, PermitRequest, PortError, PortResult, Provider, ProviderError, Queue, QueueConsumer,
@@ -20,9 +19,8 @@ use imagegen::ports::{
 };
 use imagegen::provider::offline;
 use imagegen::queue::SqliteQueue;
-use imagegen::secrets::SqliteSecrets;
 use imagegen::service::retry::RetryPolicy;
-use imagegen::store::{SqliteDb, SqliteStore};
+use imagegen::store::SqliteDb;
 use imagegen::webhook::{OutboundPolicy, WebhookSender};
 use imagegen::{handlers, App, AppSettings};
 use secrecy::SecretString;
@@ -182,7 +180,7 @@ impl BlobStore for HangingBlobs {
 
 /// A limiter that can be unreachable, or always deny.
 pub struct SwitchLimiter {
-    pub inner: LocalLimiter,
+    pub inner: Arc<dyn Limiter>,
     pub down: AtomicBool,
     pub deny_for: Mutex<Option<Duration>>,
 }
@@ -242,7 +240,7 @@ pub fn fast_settings() -> AppSettings {
 }
 
 impl Harness {
-    pub fn new(settings: AppSettings) -> Self {
+    pub async fn new(settings: AppSettings) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let db = SqliteDb::open(&dir.path().join("db.sqlite")).expect("db");
         let queue = SqliteQueue::new(db.clone(), 4);
@@ -258,29 +256,31 @@ impl Harness {
             puts: AtomicU32::new(0),
             reached: Notify::new(),
         });
+        let webhooks = WebhookSender::new(
+            OutboundPolicy {
+                allow_loopback: true,
+                loopback_only: true,
+            },
+            Duration::from_secs(5),
+        );
+        let mut app = imagegen::embedded::app(
+            db,
+            blobs.clone(),
+            webhooks,
+            settings,
+            LimiterSettings::default(),
+        )
+        .await
+        .expect("embedded app");
         let limiter = Arc::new(SwitchLimiter {
-            inner: LocalLimiter::new(),
+            inner: app.limiter.clone(),
             down: AtomicBool::new(false),
             deny_for: Mutex::new(None),
         });
-        let app = App {
-            store: Arc::new(SqliteStore::new(db.clone())),
-            queue: flaky_queue.clone(),
-            blobs: blobs.clone(),
-            secrets: Arc::new(SqliteSecrets::new(db.clone())),
-            limiter: limiter.clone(),
-            provider: provider.clone(),
-            webhooks: WebhookSender::new(
-                OutboundPolicy {
-                    allow_loopback: true,
-                    loopback_only: true,
-                },
-                Duration::from_secs(5),
-            ),
-            deliveries: Arc::new(SqliteDeliveryLog::new(db)),
-            settings: Arc::new(settings),
-            worker_id: "test-worker".into(),
-        };
+        app.queue = flaky_queue.clone();
+        app.provider = provider.clone();
+        app.limiter = limiter.clone();
+        app.worker_id = "test-worker".into();
         Self {
             app,
             queue,

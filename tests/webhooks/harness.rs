@@ -13,13 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use imagegen::blob::FsBlobStore;
-use imagegen::deliveries::SqliteDeliveryLog;
-use imagegen::limiter::LocalLimiter;
 use imagegen::ports::{QueueConsumer, QueueName};
-use imagegen::provider::OfflineProvider;
 use imagegen::queue::SqliteQueue;
-use imagegen::secrets::SqliteSecrets;
-use imagegen::store::{SqliteDb, SqliteStore};
+use imagegen::store::SqliteDb;
 use imagegen::webhook::{OutboundPolicy, Resolver, RetrySchedule, WebhookSender};
 use imagegen::{handlers, App, AppSettings};
 use serde_json::{json, Value};
@@ -98,22 +94,22 @@ impl Harness {
             allow_http_urls: setup.allow_loopback,
             ..AppSettings::default()
         };
-        let app = App {
-            store: Arc::new(SqliteStore::new(db.clone())),
-            queue: Arc::new(queue.clone()),
-            blobs: Arc::new(FsBlobStore::new(
-                dir.path().join("images"),
-                base.clone(),
-                vec![7; 32],
-            )),
-            secrets: Arc::new(SqliteSecrets::new(db.clone())),
-            limiter: Arc::new(LocalLimiter::new()),
-            provider: Arc::new(OfflineProvider::default()),
-            webhooks: sender,
-            deliveries: Arc::new(SqliteDeliveryLog::new(db)),
-            settings: Arc::new(settings),
-            worker_id: "webhook-tests".into(),
-        };
+        let blobs = Arc::new(FsBlobStore::new(
+            dir.path().join("images"),
+            base.clone(),
+            vec![7; 32],
+        ));
+        let mut app = imagegen::embedded::app(
+            db,
+            blobs,
+            sender,
+            settings,
+            imagegen::limiter::LimiterSettings::default(),
+        )
+        .await
+        .expect("embedded app");
+        app.queue = Arc::new(queue.clone());
+        app.worker_id = "webhook-tests".into();
 
         let (stop, stopped) = watch::channel(false);
         let admin = secrecy::SecretString::from(ADMIN.to_owned());

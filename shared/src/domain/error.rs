@@ -31,6 +31,8 @@ pub enum ErrorCode {
     WebhookDisabled,
     JobNotFinalizable,
     UnsupportedImageType,
+    ResourceExists,
+    ResourceInUse,
     Unavailable,
     Internal,
     // Job failure codes.
@@ -75,6 +77,8 @@ impl ErrorCode {
             Self::WebhookDisabled => "WEBHOOK_DISABLED",
             Self::JobNotFinalizable => "JOB_NOT_FINALIZABLE",
             Self::UnsupportedImageType => "UNSUPPORTED_IMAGE_TYPE",
+            Self::ResourceExists => "RESOURCE_EXISTS",
+            Self::ResourceInUse => "RESOURCE_IN_USE",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
             Self::UpstreamRateLimited => "UPSTREAM_RATE_LIMITED",

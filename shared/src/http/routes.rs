@@ -75,6 +75,7 @@ pub fn router(app: App, admin_token: Option<&SecretString>) -> Router {
         .route("/v1/usage", get(usage))
         .route("/v1/admin/tenants", post(create_tenant))
         .merge(super::webhooks::routes())
+        .merge(super::admin_keys::routes())
         .route("/healthz", get(|| async { Json(json!({ "ok": true })) }))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed(None) })

@@ -478,7 +478,9 @@ fn classify_error(status: u16, body: &[u8], header_hint: Option<Duration>) -> Pr
                     "the upstream key's daily quota is used up; another key will be tried",
                 ),
                 key_outcome: KeyOutcome::QuotaExhausted {
-                    retry_after: Some(rest),
+                    resets_at: chrono::Duration::from_std(rest)
+                        .ok()
+                        .map(|rest| chrono::Utc::now() + rest),
                 },
                 // The job need not wait for this key's quota: the next attempt may get another.
                 retry_after: None,
@@ -559,8 +561,10 @@ impl Provider for GeminiProvider {
         Self::NAME
     }
 
+    /// A single key from the settings (`make demo` with `GEMINI_API_KEY`) stands in for the
+    /// pool; without one, every call takes a key from the pool.
     fn needs_key(&self) -> bool {
-        true
+        self.settings.api_key.is_none()
     }
 
     async fn generate(

@@ -265,14 +265,10 @@ mod tests {
     use super::*;
     use crate::app::AppSettings;
     use crate::blob::FsBlobStore;
-    use crate::deliveries::SqliteDeliveryLog;
     use crate::domain::{JobId, Plan, Tenant, TenantId};
-    use crate::limiter::LocalLimiter;
     use crate::ports::{Queue, QueueConsumer};
-    use crate::provider::OfflineProvider;
     use crate::queue::SqliteQueue;
-    use crate::secrets::SqliteSecrets;
-    use crate::store::{SqliteDb, SqliteStore};
+    use crate::store::SqliteDb;
     use crate::webhook::{generate_secret, OutboundPolicy, RetrySchedule, WebhookSender};
 
     /// The SQLite queue, noting the delay of every message sent through it.
@@ -326,18 +322,19 @@ mod tests {
             allow_loopback: true,
             loopback_only: false,
         };
-        let app = App {
-            store: Arc::new(SqliteStore::new(db.clone())),
-            queue: queue.clone(),
-            blobs: Arc::new(FsBlobStore::new(dir.path().into(), "http://x", vec![1; 32])),
-            secrets: Arc::new(SqliteSecrets::new(db.clone())),
-            limiter: Arc::new(LocalLimiter::new()),
-            provider: Arc::new(OfflineProvider::default()),
-            webhooks: WebhookSender::new(policy, Duration::from_secs(5)).with_schedule(schedule),
-            deliveries: Arc::new(SqliteDeliveryLog::new(db)),
-            settings: Arc::new(AppSettings::default()),
-            worker_id: "test".into(),
-        };
+        let blobs = Arc::new(FsBlobStore::new(dir.path().into(), "http://x", vec![1; 32]));
+        let webhooks = WebhookSender::new(policy, Duration::from_secs(5)).with_schedule(schedule);
+        let mut app = crate::embedded::app(
+            db.clone(),
+            blobs,
+            webhooks,
+            AppSettings::default(),
+            crate::limiter::LimiterSettings::default(),
+        )
+        .await
+        .expect("app");
+        app.queue = queue.clone();
+        app.worker_id = "test".into();
         let tenant = TenantId::generate();
         app.secrets
             .put("webhook/t/a", &generate_secret())

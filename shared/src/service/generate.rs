@@ -130,6 +130,7 @@ pub async fn process(
         let request = PermitRequest {
             tenant_id: job.tenant_id.clone(),
             tenant_concurrency: tenant.plan.max_concurrency,
+            tenant_rpm: None,
             needs_key: app.provider.needs_key(),
             lease: app.settings.lease,
         };
@@ -149,14 +150,14 @@ pub async fn process(
         let running = match job.start(&owner, lease_until, now) {
             Ok(running) => running,
             Err(e) => {
-                release(app, &permit, KeyOutcome::Neutral).await;
+                release(app, &permit, KeyOutcome::Unused).await;
                 return Err(transition(e));
             }
         };
         match write(app, &job, &running).await? {
             Some(_) => {}
             None => {
-                release(app, &permit, KeyOutcome::Neutral).await;
+                release(app, &permit, KeyOutcome::Unused).await;
                 job = reread(app, &job).await?;
                 continue;
             }

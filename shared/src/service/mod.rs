@@ -6,6 +6,7 @@ pub mod finalize;
 pub mod generate;
 pub mod inputs;
 pub mod jobs;
+pub mod keys;
 pub mod messages;
 pub mod reconcile;
 pub mod retry;
