@@ -563,3 +563,44 @@ async fn usage_can_be_read_for_a_given_day() {
     assert_eq!(long_ago["units"], 0);
     assert_error(status, &bad, 400, "INVALID_REQUEST");
 }
+
+#[tokio::test]
+async fn submissions_over_the_plans_requests_per_minute_get_429_with_retry_after() {
+    let app = TestApp::spawn().await;
+    let plan = json!({ "requestsPerMinute": 2, "dailyCap": 100, "maxConcurrency": 2 });
+    let tenant = app.tenant_with(Some(plan)).await;
+    let other = app
+        .tenant_with(Some(
+            json!({ "requestsPerMinute": 2, "dailyCap": 100, "maxConcurrency": 2 }),
+        ))
+        .await;
+
+    for n in 0..2 {
+        let (status, _) = app
+            .submit(&tenant, json!({ "prompt": format!("r{n}") }))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let response = app
+        .http
+        .post(app.url("/v1/images:generate"))
+        .bearer_auth(&tenant.key)
+        .json(&json!({ "prompt": "third" }))
+        .send()
+        .await
+        .expect("submit");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    let (other_status, _) = app.submit(&other, json!({ "prompt": "unaffected" })).await;
+    let (_, usage) = app.get(&tenant, "/v1/usage").await;
+
+    assert_error(status, &body, 429, "RATE_LIMITED");
+    assert!((1..=61).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(other_status, 202);
+    assert_eq!(usage["units"], 2, "a refused submission reserves nothing");
+}

@@ -547,3 +547,42 @@ async fn join_vec<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F:
     .await;
     results.into_iter().map(|r| r.expect("ready")).collect()
 }
+
+#[tokio::test]
+async fn with_redis_gone_submissions_are_still_accepted_and_jobs_wait_for_dispatch() {
+    use imagegen::limiter::redis_server::LocalRedisServer;
+    use imagegen::limiter::{KeyPool, LimiterSettings, RedisLimiter, RedisSettings};
+
+    let mut h = Harness::new(fast_settings()).await;
+    let server = LocalRedisServer::start(&[]).expect("redis-server");
+    let pool = std::sync::Arc::new(KeyPool::new(
+        h.app.keys.clone(),
+        h.app.secrets.clone(),
+        Duration::from_secs(60),
+    ));
+    let mut redis = RedisSettings::new(server.url().into());
+    redis.timeout = Duration::from_millis(300);
+    let limiter = RedisLimiter::connect(LimiterSettings::default(), redis, pool)
+        .await
+        .expect("connect");
+    h.app.limiter = std::sync::Arc::new(limiter);
+    let tenant = h.tenant(plan()).await;
+    drop(server);
+
+    let id = submit_one(&h, &tenant).await;
+    for _ in 0..3 {
+        h.pump(QueueName::Generate).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let waiting = job(&h, &id).await;
+
+    assert_eq!(waiting.status, JobStatus::Queued);
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 0);
+    assert!(h
+        .queue
+        .dead_letters(QueueName::Generate)
+        .await
+        .expect("dlq")
+        .is_empty());
+}

@@ -373,6 +373,18 @@ pub trait Limiter: Send + Sync {
     /// [`PortError::Unavailable`] when the limiter cannot be reached: the caller waits.
     async fn acquire(&self, request: &PermitRequest) -> PortResult<Admission>;
 
+    /// Count one submission by `tenant` against `limit` per window (requests per minute). `None`
+    /// when it is admitted; otherwise how long until the oldest counted submission ages out.
+    /// A refused submission is not counted.
+    ///
+    /// # Errors
+    /// [`PortError::Unavailable`] when the limiter cannot be reached.
+    async fn admit_submission(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> PortResult<Option<std::time::Duration>>;
+
     /// Give the permits back and report how the attempt went.
     ///
     /// # Errors

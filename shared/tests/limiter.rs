@@ -216,6 +216,26 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn submissions_are_counted_per_tenant_in_a_sliding_window() {
+                let h = $make(settings()).await;
+                let t1 = imagegen::domain::TenantId::new("t1");
+                let t2 = imagegen::domain::TenantId::new("t2");
+
+                for _ in 0..3 {
+                    assert_eq!(h.limiter.admit_submission(&t1, 3).await.unwrap(), None);
+                }
+                let wait = h.limiter.admit_submission(&t1, 3).await.unwrap();
+                let other = h.limiter.admit_submission(&t2, 3).await.unwrap();
+
+                let wait = wait.expect("the fourth submission in a window is refused");
+                assert!(wait > WINDOW - Duration::from_millis(200), "{wait:?}");
+                assert!(wait <= WINDOW + Duration::from_millis(5), "{wait:?}");
+                assert_eq!(other, None, "another tenant has its own window");
+                tokio::time::sleep(wait).await;
+                assert_eq!(h.limiter.admit_submission(&t1, 3).await.unwrap(), None);
+            }
+
+            #[tokio::test]
             async fn concurrency_is_held_as_leases_released_by_lease_id() {
                 let h = $make(settings()).await;
                 let mut r = request("t1");

@@ -187,6 +187,17 @@ pub struct SwitchLimiter {
 
 #[async_trait]
 impl Limiter for SwitchLimiter {
+    async fn admit_submission(
+        &self,
+        tenant: &imagegen::domain::TenantId,
+        limit: u32,
+    ) -> PortResult<Option<Duration>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PortError::Unavailable("limiter unreachable".into()));
+        }
+        self.inner.admit_submission(tenant, limit).await
+    }
+
     async fn acquire(&self, request: &PermitRequest) -> PortResult<Admission> {
         if self.down.load(Ordering::SeqCst) {
             return Err(PortError::Unavailable("limiter unreachable".into()));

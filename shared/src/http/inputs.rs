@@ -58,6 +58,14 @@ pub(super) async fn finalize_job(
             FinalizeError::NotFinalizable { .. } => {
                 ApiError::Conflict(ErrorCode::JobNotFinalizable, e.to_string())
             }
+            FinalizeError::Submit(SubmitError::RateLimited(wait)) => ApiError::TooManyRequests(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests in a minute",
+                    tenant.plan.requests_per_minute
+                ),
+                Some(wait),
+            ),
             FinalizeError::Submit(SubmitError::DailyCapReached) => ApiError::TooManyRequests(
                 ErrorCode::DailyCapReached,
                 format!("daily cap of {} jobs reached", tenant.plan.daily_cap),

@@ -140,6 +140,14 @@ async fn generate(
     let accepted = submit::submit(&state.app, &tenant, submission, idempotency_key)
         .await
         .map_err(|e| match e {
+            SubmitError::RateLimited(wait) => ApiError::TooManyRequests(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests in a minute; retry after the Retry-After delay",
+                    tenant.plan.requests_per_minute
+                ),
+                Some(wait),
+            ),
             SubmitError::DailyCapReached => {
                 let tomorrow = (Utc::now().date_naive() + chrono::Days::new(1))
                     .and_hms_opt(0, 0, 0)

@@ -16,7 +16,7 @@ use tracing::info;
 
 use super::pool::{Candidate, KeyPool};
 use super::{lease_start_ms, summarize, LimiterSettings};
-use crate::domain::{Limits, QuotaGroupId, UpstreamKeyId};
+use crate::domain::{Limits, QuotaGroupId, TenantId, UpstreamKeyId};
 use crate::ports::{
     Admission, KeyHealth, KeyOutcome, Limiter, Permit, PermitRequest, PortError, PortResult,
 };
@@ -384,6 +384,31 @@ impl LocalLimiter {
 
 #[async_trait]
 impl Limiter for LocalLimiter {
+    async fn admit_submission(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> PortResult<Option<Duration>> {
+        let now = self.clock.now_ms();
+        let window = ms(self.settings.window);
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| PortError::Internal("limiter state poisoned".into()))?;
+        let log = state.logs.entry(format!("s:{tenant}")).or_default();
+        while log.front().is_some_and(|(at, _)| *at <= now - window) {
+            log.pop_front();
+        }
+        if (log.len() as u64) < u64::from(limit) {
+            log.push_back((now, String::new()));
+            return Ok(None);
+        }
+        let oldest = log.front().map_or(now, |(at, _)| *at);
+        Ok(Some(Duration::from_millis(
+            (oldest + window - now).max(1) as u64
+        )))
+    }
+
     async fn acquire(&self, request: &PermitRequest) -> PortResult<Admission> {
         let candidates = if request.needs_key {
             self.pool.candidates().await?

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::pool::KeyPool;
 use super::{summarize, LimiterSettings};
-use crate::domain::{QuotaGroupId, UpstreamKeyId};
+use crate::domain::{QuotaGroupId, TenantId, UpstreamKeyId};
 use crate::ports::{
     Admission, KeyHealth, KeyOutcome, Limiter, Permit, PermitRequest, PortError, PortResult,
 };
@@ -113,6 +113,7 @@ pub struct RedisLimiter {
     acquire: Script,
     release: Script,
     health: Script,
+    submit: Script,
 }
 
 impl RedisLimiter {
@@ -159,6 +160,7 @@ impl RedisLimiter {
             acquire: Script::new(include_str!("acquire.lua")),
             release: Script::new(include_str!("release.lua")),
             health: Script::new(include_str!("health.lua")),
+            submit: Script::new(include_str!("submit.lua")),
         })
     }
 
@@ -197,6 +199,23 @@ impl RedisLimiter {
 
 #[async_trait]
 impl Limiter for RedisLimiter {
+    async fn admit_submission(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+    ) -> PortResult<Option<Duration>> {
+        let wait: i64 = self
+            .submit
+            .key(self.level(&format!("s:{tenant}")))
+            .arg(ms(self.settings.window))
+            .arg(i64::from(limit))
+            .arg(format!("{:016x}", rand::thread_rng().gen::<u64>()))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
+    }
+
     async fn acquire(&self, request: &PermitRequest) -> PortResult<Admission> {
         let candidates = if request.needs_key {
             self.pool.candidates().await?

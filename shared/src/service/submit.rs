@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::domain::{IdempotencyKey, Job, Mode, Prompt, Tenant};
@@ -41,6 +41,8 @@ impl Submission {
 /// Why a submission was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    #[error("requests per minute exceeded")]
+    RateLimited(std::time::Duration),
     #[error("daily cap reached")]
     DailyCapReached,
     #[error("idempotency key was used with a different request")]
@@ -66,6 +68,20 @@ pub async fn submit(
     submission: Submission,
     idempotency_key: Option<IdempotencyKey>,
 ) -> Result<Accepted, SubmitError> {
+    // An unreachable limiter does not stop submissions: the daily cap is still enforced by
+    // the store, and dispatch waits for the limiter, so nothing runs unthrottled.
+    match app
+        .limiter
+        .admit_submission(&tenant.id, tenant.plan.requests_per_minute)
+        .await
+    {
+        Ok(None) => {}
+        Ok(Some(wait)) => return Err(SubmitError::RateLimited(wait)),
+        Err(e) => {
+            warn!(tenant_id = %tenant.id, error = %e, "limiter unreachable; submission admitted")
+        }
+    }
+
     let now = Utc::now();
     let request_hash = submission.request_hash();
     let mut job = Job::new(
