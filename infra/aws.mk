@@ -32,7 +32,7 @@ build-lambda: $(CARGO_LAMBDA)
 # AWS_ENDPOINT_URL at real resources or an emulator first.
 invoke: $(CARGO_LAMBDA)
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=poll EVENT=events/poll.json"; exit 2; }
-	@$(CARGO_LAMBDA) lambda watch --only-lambda-apis --invoke-port 9001 -p imagegen-$(FN) & \
+	@$(CARGO_LAMBDA) lambda watch --invoke-port 9001 -p imagegen-$(FN) & \
 		watcher=$$!; trap 'kill $$watcher 2>/dev/null' EXIT; sleep 5; \
 		$(CARGO_LAMBDA) lambda invoke --invoke-port 9001 --data-file $(EVENT) $(FN)
 

@@ -2,8 +2,9 @@
 //! binary), creates a private set of tables, queues, bucket and secrets per test, and counts
 //! the AWS API calls the adapters make.
 //!
-//! moto is found through `IMAGEGEN_MOTO_SERVER`, then `$IMAGEGEN_VENV/bin/moto_server`, then
-//! the repo's `.venv`, then `PATH`; `infra/venv.sh` installs it. When it cannot be started the
+//! moto runs under `infra/moto_server.py` (one request at a time, so each call is atomic as on
+//! AWS) with the Python of `IMAGEGEN_MOTO_PYTHON`, else `$IMAGEGEN_VENV/bin/python`, else the
+//! repo's `.venv`, else `python3`; `infra/venv.sh` installs moto. When it cannot be started the
 //! tests fail, saying so: they never skip.
 //!
 //! Run with `make test-aws`, or `cargo test -p imagegen-aws-tests`.
@@ -39,22 +40,26 @@ pub struct Moto {
 
 static MOTO: OnceLock<Result<Moto, String>> = OnceLock::new();
 
-fn moto_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("IMAGEGEN_MOTO_SERVER") {
+/// The Python that has moto installed.
+fn moto_python() -> PathBuf {
+    if let Ok(path) = std::env::var("IMAGEGEN_MOTO_PYTHON") {
         return PathBuf::from(path);
     }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let venvs = std::env::var("IMAGEGEN_VENV")
         .map(PathBuf::from)
         .into_iter()
-        .chain([repo.join(".venv")]);
+        .chain([repo().join(".venv")]);
     for venv in venvs {
-        let candidate = venv.join("bin/moto_server");
+        let candidate = venv.join("bin/python");
         if candidate.exists() {
             return candidate;
         }
     }
-    PathBuf::from("moto_server")
+    PathBuf::from("python3")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn free_port() -> Result<u16, String> {
@@ -66,12 +71,14 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn start_moto() -> Result<Moto, String> {
-    let binary = moto_binary();
+    let python = moto_python();
+    let script = repo().join("infra/moto_server.py");
     let port = free_port()?;
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#""$0" -H 127.0.0.1 -p "$1" >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"#)
-        .arg(&binary)
+        .arg(r#""$0" "$1" "$2" >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"#)
+        .arg(&python)
+        .arg(&script)
         .arg(port.to_string())
         .stdin(Stdio::piped())
         .spawn()
@@ -83,9 +90,10 @@ fn start_moto() -> Result<Moto, String> {
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {
             return Err(format!(
-                "moto ({}) did not listen on {addr} within 60 s; install it with infra/venv.sh \
-                 and set IMAGEGEN_VENV (or IMAGEGEN_MOTO_SERVER)",
-                binary.display()
+                "moto ({} {}) did not listen on {addr} within 60 s; install it with \
+                 infra/venv.sh and set IMAGEGEN_VENV (or IMAGEGEN_MOTO_PYTHON)",
+                python.display(),
+                script.display()
             ));
         }
         std::thread::sleep(Duration::from_millis(100));

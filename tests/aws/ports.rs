@@ -632,6 +632,7 @@ async fn s3_blobs() -> Arc<dyn BlobStore> {
     let stack = Stack::new(MAX_RECEIVES).await;
     Arc::new(S3BlobStore::new(
         stack.clients.s3.clone(),
+        stack.clients.sdk.credentials_provider(),
         stack.settings.bucket.clone(),
         None,
     ))
@@ -698,6 +699,7 @@ async fn public_base_url_gives_plain_urls_under_it() {
     let stack = Stack::new(MAX_RECEIVES).await;
     let blobs = S3BlobStore::new(
         stack.clients.s3.clone(),
+        stack.clients.sdk.credentials_provider(),
         stack.settings.bucket.clone(),
         Some("https://cdn.example.test/".into()),
     );
@@ -790,4 +792,33 @@ async fn cached_secret_is_read_from_secrets_manager_once_per_ttl() {
         Some(1)
     );
     assert_eq!(stack.counter.total(), 2, "read again once the TTL passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_url_expiry_never_outlives_the_signing_credentials() {
+    let stack = Stack::new(MAX_RECEIVES).await;
+    let expiry = std::time::SystemTime::now() + Duration::from_secs(120);
+    let short_lived = aws_sdk_s3::config::SharedCredentialsProvider::new(
+        aws_sdk_s3::config::Credentials::new("testing", "testing", None, Some(expiry), "role"),
+    );
+    let config = aws_sdk_s3::config::Builder::from(&stack.clients.sdk)
+        .credentials_provider(short_lived.clone())
+        .force_path_style(true)
+        .build();
+    let blobs = S3BlobStore::new(
+        aws_sdk_s3::Client::from_conf(config),
+        Some(short_lived),
+        stack.settings.bucket.clone(),
+        None,
+    );
+
+    let signed = blobs
+        .signed_url("t/j/0.png", Duration::from_secs(3600))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let limit = Utc::now() + chrono::Duration::seconds(120);
+    assert!(signed.expires_at <= limit, "URL outlives its credentials");
+    assert!(signed.expires_at > limit - chrono::Duration::seconds(5));
+    assert!(!signed.url.contains("X-Amz-Expires=3600"), "{}", signed.url);
 }

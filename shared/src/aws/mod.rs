@@ -168,6 +168,7 @@ pub async fn app_from_parts(
     let queue = SqsQueue::new(clients.sqs.clone(), settings.queues.clone());
     let blobs = S3BlobStore::new(
         clients.s3.clone(),
+        clients.sdk.credentials_provider(),
         settings.bucket.clone(),
         settings.public_base_url.clone(),
     );

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use aws_sdk_s3::config::ProvideCredentials;
+use aws_sdk_s3::config::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -24,16 +24,25 @@ const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Clone, Debug)]
 pub struct S3BlobStore {
     client: Client,
+    /// The provider that signs presigned URLs, to read its credentials' expiry.
+    credentials: Option<SharedCredentialsProvider>,
     bucket: String,
     public_base_url: Option<String>,
 }
 
 impl S3BlobStore {
     /// Objects go to `bucket`. With `public_base_url`, URLs are `{base}/{key}` and are not
-    /// signed (the base must serve the bucket, e.g. a CDN with origin access).
-    pub fn new(client: Client, bucket: String, public_base_url: Option<String>) -> Self {
+    /// signed (the base must serve the bucket, e.g. a CDN with origin access). `credentials`
+    /// is the provider the client signs with (`SdkConfig::credentials_provider`).
+    pub fn new(
+        client: Client,
+        credentials: Option<SharedCredentialsProvider>,
+        bucket: String,
+        public_base_url: Option<String>,
+    ) -> Self {
         Self {
             client,
+            credentials,
             bucket,
             public_base_url: public_base_url.map(|u| u.trim_end_matches('/').to_owned()),
         }
@@ -42,8 +51,8 @@ impl S3BlobStore {
     /// When the credentials that sign URLs stop working. A presigned URL dies with them, so
     /// its true expiry is the earlier of the two (Lambda's role credentials last hours).
     async fn credentials_expiry(&self) -> PortResult<Option<SystemTime>> {
-        let Some(provider) = self.client.config().credentials_provider() else {
-            return Err(PortError::Internal("S3 client has no credentials".into()));
+        let Some(provider) = &self.credentials else {
+            return Ok(None);
         };
         let credentials = provider
             .provide_credentials()
