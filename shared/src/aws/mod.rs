@@ -20,11 +20,12 @@ pub use settings::{AwsSettings, SettingsError};
 use crate::app::App;
 use crate::blob::s3::S3BlobStore;
 use crate::limiter::LocalLimiter;
-use crate::ports::{Limiter, PortError, Provider, SecretStore};
+use crate::ports::{JobStore, Limiter, PortError, Provider, SecretStore};
 use crate::provider::OfflineProvider;
 use crate::queue::sqs::SqsQueue;
 use crate::secrets::aws::AwsSecrets;
 use crate::store::dynamo::DynamoStore;
+use crate::store::TenantCache;
 use crate::webhook::{OutboundPolicy, WebhookSender};
 
 /// Map an SDK failure to a [`PortError`]: throttling, server faults and transport failures are
@@ -163,8 +164,16 @@ pub async fn app_from_parts(
     app_settings.cursor_key = cursor_key.expose_secret().as_bytes().to_vec();
     app_settings.allow_http_urls = settings.allow_loopback;
 
-    let store = DynamoStore::new(clients.dynamo.clone(), settings.tables.clone())
+    let dynamo = DynamoStore::new(clients.dynamo.clone(), settings.tables.clone())
         .with_events_ttl(settings.events_ttl);
+    let store: Arc<dyn JobStore> = if settings.tenant_cache_ttl.is_zero() {
+        Arc::new(dynamo)
+    } else {
+        Arc::new(TenantCache::new(
+            Arc::new(dynamo),
+            settings.tenant_cache_ttl,
+        ))
+    };
     let queue = SqsQueue::new(clients.sqs.clone(), settings.queues.clone());
     let blobs = S3BlobStore::new(
         clients.s3.clone(),
@@ -176,7 +185,7 @@ pub async fn app_from_parts(
         allow_loopback: settings.allow_loopback,
     };
     let app = App {
-        store: Arc::new(store),
+        store,
         queue: Arc::new(queue),
         blobs: Arc::new(blobs),
         secrets: Arc::new(secrets),

@@ -32,6 +32,8 @@ pub struct AwsSettings {
     /// Prepended to every secret name (`imagegen/`), so IAM can grant one prefix.
     pub secrets_prefix: String,
     pub secrets_cache_ttl: Duration,
+    /// How long an API-key lookup is reused by a warm function; zero turns the cache off.
+    pub tenant_cache_ttl: Duration,
     /// Secret (under the prefix) holding the key that signs list cursors.
     pub cursor_key_secret: String,
     /// Secret (under the prefix) holding the operator token for `/v1/admin/*`; only the
@@ -109,6 +111,8 @@ impl AwsSettings {
                 .unwrap_or_else(|| "imagegen/".into()),
             secrets_cache_ttl: env
                 .seconds("IMAGEGEN_SECRETS_CACHE_SECONDS", Duration::from_secs(300))?,
+            tenant_cache_ttl: env
+                .seconds("IMAGEGEN_TENANT_CACHE_SECONDS", Duration::from_secs(30))?,
             cursor_key_secret: env
                 .optional("IMAGEGEN_CURSOR_KEY_SECRET")
                 .unwrap_or_else(|| "cursor-key".into()),

@@ -3,5 +3,7 @@
 #[cfg(feature = "aws")]
 pub mod dynamo;
 pub mod sqlite;
+pub mod tenant_cache;
 
 pub use sqlite::{SqliteDb, SqliteStore};
+pub use tenant_cache::TenantCache;
