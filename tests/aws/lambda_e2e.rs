@@ -207,7 +207,13 @@ async fn demo_scenario_runs_through_the_lambda_handlers_on_aws_adapters() {
     let built = imagegen::aws::app_from_parts(stack.settings.clone(), stack.clients.clone())
         .await
         .unwrap_or_else(|e| panic!("cold start failed: {e}"));
-    report("cold start", &calls(&stack));
+    let cold = calls(&stack);
+    report("cold start", &cold);
+    assert_eq!(
+        cold.get("DynamoDB.GetItem"),
+        Some(&1),
+        "init opens the DynamoDB connection: {cold:?}"
+    );
     let app = built.app;
     let router = imagegen::http::router(app.clone(), built.admin_token.as_ref());
     let json_headers = |key: &str| {

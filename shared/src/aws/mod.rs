@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use secrecy::{ExposeSecret, SecretString};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use settings::{AwsSettings, SettingsError};
 
@@ -195,8 +195,19 @@ pub async fn app_from_parts(
         settings: Arc::new(app_settings),
         worker_id: settings.worker_id.clone(),
     };
+    warm_up(&app).await;
     info!(worker_id = %app.worker_id, "aws adapters ready");
     Ok(AwsApp { app, admin_token })
+}
+
+/// Open the DynamoDB connection during init (DNS, TLS, credentials), which every function's
+/// first request would otherwise pay for. A read of a tenant that cannot exist needs no right
+/// beyond the ones each function already has.
+async fn warm_up(app: &App) {
+    let probe = crate::domain::TenantId::new("warm-up");
+    if let Err(e) = app.store.get_tenant(&probe).await {
+        warn!(error = %e, "dynamodb warm-up failed; the first request will connect");
+    }
 }
 
 async fn read_secret(secrets: &AwsSecrets, name: &str) -> Result<Option<SecretString>, StartError> {
