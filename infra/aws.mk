@@ -24,17 +24,14 @@ build-lambda: $(CARGO_LAMBDA)
 	$(CARGO_LAMBDA) lambda build --release --arm64 --output-format zip \
 		$(foreach fn,$(LAMBDA_FUNCTIONS),-p imagegen-$(fn))
 	@for fn in $(LAMBDA_FUNCTIONS); do \
-		printf '%-10s %s bytes\n' $$fn "$$(stat -c %s target/lambda/$$fn/bootstrap.zip)"; \
+		printf '%-10s %s bytes\n' $$fn "$$(stat -c %s $${CARGO_TARGET_DIR:-target}/lambda/$$fn/bootstrap.zip)"; \
 	done
 
-# Starts the function under cargo-lambda's local runtime, sends the event, then stops it.
-# The function reads its settings from the environment (see docs/aws.md), so point them and
-# AWS_ENDPOINT_URL at real resources or an emulator first.
+# Runs the function under cargo-lambda's local runtime and sends it the event; see
+# infra/invoke.sh for the settings it needs.
 invoke: $(CARGO_LAMBDA)
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=poll EVENT=events/poll.json"; exit 2; }
-	@$(CARGO_LAMBDA) lambda watch --invoke-port 9001 -p imagegen-$(FN) & \
-		watcher=$$!; trap 'kill $$watcher 2>/dev/null' EXIT; sleep 5; \
-		$(CARGO_LAMBDA) lambda invoke --invoke-port 9001 --data-file $(EVENT) $(FN)
+	infra/invoke.sh $(FN) $(EVENT) $(CARGO_LAMBDA)
 
 lint-template: venv
 	$(IMAGEGEN_VENV)/bin/cfn-lint template.yaml

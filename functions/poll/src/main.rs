@@ -11,7 +11,9 @@ use lambda_http::{run, tracing, Error};
 async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();
 
-    let aws = imagegen::aws::app_from_env().await?;
+    let aws = imagegen::aws::app_from_env()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let router = imagegen::http::router(aws.app, aws.admin_token.as_ref());
 
     run(router).await

@@ -10,7 +10,9 @@ use lambda_runtime::{run, service_fn, tracing, Error, LambdaEvent};
 async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();
 
-    let aws = imagegen::aws::app_from_env().await?;
+    let aws = imagegen::aws::app_from_env()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let app = &aws.app;
 
     run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
