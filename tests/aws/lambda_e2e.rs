@@ -529,3 +529,56 @@ async fn every_sample_event_is_one_its_function_accepts() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_strings_from_api_gateway_reach_the_routes() {
+    let stack = Stack::new(5).await;
+    let built = imagegen::aws::app_from_parts(stack.settings.clone(), stack.clients.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let router = imagegen::http::router(built.app, built.admin_token.as_ref());
+    let admin = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer operator"),
+    ];
+    let tenant = invoke(
+        &router,
+        http_event(
+            "POST",
+            "/v1/admin/tenants",
+            "",
+            &admin,
+            Some(r#"{"name":"q"}"#),
+        ),
+    )
+    .await;
+    let bearer = format!(
+        "Bearer {}",
+        tenant.body["apiKey"].as_str().unwrap_or_default()
+    );
+    let auth = [("authorization", bearer.as_str())];
+
+    let listed = invoke(
+        &router,
+        http_event("GET", "/v1/jobs", "limit=2&status=QUEUED", &auth, None),
+    )
+    .await;
+    let bad_limit = invoke(
+        &router,
+        http_event("GET", "/v1/jobs", "limit=0", &auth, None),
+    )
+    .await;
+    let bad_cursor = invoke(
+        &router,
+        http_event("GET", "/v1/jobs", "cursor=forged", &auth, None),
+    )
+    .await;
+
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["jobs"], json!([]));
+    assert_eq!(listed.body["nextCursor"], Value::Null);
+    assert_eq!(bad_limit.status, 400, "{}", bad_limit.body);
+    assert_eq!(bad_limit.body["error"]["code"], "INVALID_REQUEST");
+    assert_eq!(bad_cursor.status, 400, "{}", bad_cursor.body);
+    assert_eq!(bad_cursor.body["error"]["code"], "INVALID_CURSOR");
+}
