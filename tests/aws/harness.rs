@@ -76,7 +76,11 @@ fn start_moto() -> Result<Moto, String> {
     let port = free_port()?;
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#""$0" "$1" "$2" >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"#)
+        // The watcher reads our pipe through fd 3: a background job's own stdin is /dev/null.
+        .arg(concat!(
+            r#"exec 3<&0; "$0" "$1" "$2" >/dev/null 2>&1 & pid=$!; "#,
+            r#"(cat <&3 >/dev/null; kill $pid) & wait $pid"#
+        ))
         .arg(&python)
         .arg(&script)
         .arg(port.to_string())
@@ -88,6 +92,14 @@ fn start_moto() -> Result<Moto, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "moto ({} {}) exited at start ({status}); install it with infra/venv.sh and \
+                 set IMAGEGEN_VENV (or IMAGEGEN_MOTO_PYTHON)",
+                python.display(),
+                script.display()
+            ));
+        }
         if Instant::now() > deadline {
             return Err(format!(
                 "moto ({} {}) did not listen on {addr} within 60 s; install it with \
