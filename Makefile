@@ -11,8 +11,9 @@ demo:
 run:
 	$(CARGO) run --quiet -p imagegen-local -- serve
 
-## Everything CI checks: formatting, lints, every test.
-test: fmt-check clippy test-rust test-schemathesis
+## Everything CI checks: formatting, lints, the template lint, every test (the AWS adapters on
+## moto and the Redis limiter on a redis-server, both started by the tests), and API fuzzing.
+test: fmt-check clippy lint-template test-rust test-schemathesis
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -20,7 +21,7 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-rust:
+test-rust: venv
 	bash infra/ensure-redis.sh
 	$(CARGO) test --workspace
 

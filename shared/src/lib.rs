@@ -6,6 +6,8 @@
 //! the local runner in `local/` only wire adapters to these.
 
 pub mod app;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod blob;
 pub mod deliveries;
 pub mod domain;

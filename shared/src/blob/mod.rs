@@ -2,5 +2,7 @@
 //! feature, S3 with presigned GETs.
 
 pub mod fs;
+#[cfg(feature = "aws")]
+pub mod s3;
 
 pub use fs::FsBlobStore;

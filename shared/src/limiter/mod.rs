@@ -18,6 +18,8 @@ pub mod redis;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod registry;
+#[cfg(feature = "aws")]
+pub mod registry_dynamo;
 
 pub use local::LocalLimiter;
 pub use pool::KeyPool;

@@ -126,6 +126,11 @@ impl RedisLimiter {
         redis: RedisSettings,
         pool: Arc<KeyPool>,
     ) -> PortResult<Self> {
+        // With the AWS SDK (aws-lc) and reqwest (ring) in one binary, rustls cannot pick a
+        // crypto provider by itself, and a TLS connection to ElastiCache would panic. Name one;
+        // if another part of the process already did, that choice stands.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
         let namespace = &redis.namespace;
         if namespace.is_empty() || namespace.contains(['{', '}']) {
             // The namespace is the hash tag that keeps every key in one cluster slot.

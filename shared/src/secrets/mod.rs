@@ -1,5 +1,8 @@
 //! Secret store adapters: a SQLite table (embedded) and, with the `aws` feature, Secrets Manager.
 
+#[cfg(feature = "aws")]
+pub mod aws;
+
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use secrecy::{ExposeSecret, SecretString};

@@ -1,0 +1,257 @@
+//! The Lambda functions' settings: environment variables read once at cold start into a typed
+//! struct. The SAM template sets every required one.
+
+use std::time::Duration;
+
+use crate::app::AppSettings;
+use crate::queue::sqs::QueueUrls;
+use crate::store::dynamo::DynamoTables;
+
+/// A setting that is missing or cannot be read, named so the fix is obvious.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("environment variable {0} is not set; the SAM template sets it for every function")]
+    Missing(&'static str),
+    #[error("environment variable {name} is {value:?}; expected {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Everything an AWS-hosted function is configured with.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub tables: DynamoTables,
+    pub queues: QueueUrls,
+    pub bucket: String,
+    /// When set, result URLs are `{public_base_url}/{key}` (a CDN in front of the bucket)
+    /// instead of presigned GETs.
+    pub public_base_url: Option<String>,
+    /// Prepended to every secret name (`imagegen/`), so IAM can grant one prefix.
+    pub secrets_prefix: String,
+    pub secrets_cache_ttl: Duration,
+    /// How long an API-key lookup is reused by a warm function; zero turns the cache off.
+    pub tenant_cache_ttl: Duration,
+    /// Secret (under the prefix) holding the key that signs list cursors.
+    pub cursor_key_secret: String,
+    /// Secret (under the prefix) holding the operator token for `/v1/admin/*`; only the
+    /// function serving the admin routes is given one (and the IAM right to read it).
+    pub admin_token_secret: Option<String>,
+    /// How long job events are kept before DynamoDB's TTL removes them.
+    pub events_ttl: Duration,
+    pub webhook_timeout: Duration,
+    /// Emulators only: address buckets by path rather than by host name.
+    pub s3_path_style: bool,
+    /// Tests and emulators only: accept plain-http and loopback webhook and image URLs.
+    pub allow_loopback: bool,
+    pub worker_id: String,
+    pub app: AppSettings,
+}
+
+impl AwsSettings {
+    /// Read the settings from the process environment.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the first variable that is missing or malformed.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read the settings through `lookup` (the environment, or a map in tests).
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the first variable that is missing or malformed.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let env = Env { lookup: &lookup };
+        let defaults = AppSettings::default();
+        let app = AppSettings {
+            max_attempts: env.number("IMAGEGEN_MAX_ATTEMPTS", defaults.max_attempts)?,
+            lease: env.seconds("IMAGEGEN_LEASE_SECONDS", defaults.lease)?,
+            provider_timeout: env.seconds(
+                "IMAGEGEN_PROVIDER_TIMEOUT_SECONDS",
+                defaults.provider_timeout,
+            )?,
+            result_url_ttl: env
+                .seconds("IMAGEGEN_RESULT_URL_TTL_SECONDS", defaults.result_url_ttl)?,
+            webhook_url_ttl: env
+                .seconds("IMAGEGEN_WEBHOOK_URL_TTL_SECONDS", defaults.webhook_url_ttl)?,
+            idempotency_ttl: env
+                .seconds("IMAGEGEN_IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl)?,
+            poison_receives: env.number("IMAGEGEN_POISON_RECEIVES", defaults.poison_receives)?,
+            ..defaults
+        };
+        if app.provider_timeout >= app.lease {
+            return Err(SettingsError::Invalid {
+                name: "IMAGEGEN_PROVIDER_TIMEOUT_SECONDS",
+                value: app.provider_timeout.as_secs().to_string(),
+                expected: "fewer seconds than IMAGEGEN_LEASE_SECONDS",
+            });
+        }
+
+        Ok(Self {
+            tables: DynamoTables {
+                jobs: env.required("IMAGEGEN_JOBS_TABLE")?,
+                idempotency: env.required("IMAGEGEN_IDEMPOTENCY_TABLE")?,
+                tenants: env.required("IMAGEGEN_TENANTS_TABLE")?,
+                usage: env.required("IMAGEGEN_USAGE_TABLE")?,
+                events: env.required("IMAGEGEN_EVENTS_TABLE")?,
+                keys: env.required("IMAGEGEN_KEYS_TABLE")?,
+                deliveries: env.required("IMAGEGEN_DELIVERIES_TABLE")?,
+            },
+            queues: QueueUrls {
+                generate: env.required("IMAGEGEN_GENERATE_QUEUE_URL")?,
+                webhook: env.required("IMAGEGEN_WEBHOOK_QUEUE_URL")?,
+            },
+            bucket: env.required("IMAGEGEN_BUCKET")?,
+            public_base_url: env
+                .optional("IMAGEGEN_PUBLIC_BASE_URL")
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            secrets_prefix: env
+                .optional("IMAGEGEN_SECRETS_PREFIX")
+                .unwrap_or_else(|| "imagegen/".into()),
+            secrets_cache_ttl: env
+                .seconds("IMAGEGEN_SECRETS_CACHE_SECONDS", Duration::from_secs(300))?,
+            tenant_cache_ttl: env
+                .seconds("IMAGEGEN_TENANT_CACHE_SECONDS", Duration::from_secs(30))?,
+            cursor_key_secret: env
+                .optional("IMAGEGEN_CURSOR_KEY_SECRET")
+                .unwrap_or_else(|| "cursor-key".into()),
+            admin_token_secret: env.optional("IMAGEGEN_ADMIN_TOKEN_SECRET"),
+            events_ttl: Duration::from_secs(
+                env.number::<u64>("IMAGEGEN_EVENTS_TTL_DAYS", 90)? * 24 * 3600,
+            ),
+            webhook_timeout: env
+                .seconds("IMAGEGEN_WEBHOOK_TIMEOUT_SECONDS", Duration::from_secs(15))?,
+            s3_path_style: env.flag("IMAGEGEN_S3_PATH_STYLE")?,
+            allow_loopback: env.flag("IMAGEGEN_ALLOW_LOOPBACK")?,
+            worker_id: env
+                .optional("AWS_LAMBDA_LOG_STREAM_NAME")
+                .unwrap_or_else(|| format!("aws-{}", ulid::Ulid::new())),
+            app,
+        })
+    }
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, SettingsError> {
+        self.optional(name).ok_or(SettingsError::Missing(name))
+    }
+
+    fn number<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, SettingsError> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|_| SettingsError::Invalid {
+                name,
+                value: raw,
+                expected: "a whole number",
+            }),
+        }
+    }
+
+    fn seconds(&self, name: &'static str, default: Duration) -> Result<Duration, SettingsError> {
+        self.number(name, default.as_secs())
+            .map(Duration::from_secs)
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, SettingsError> {
+        match self.optional(name).as_deref().map(str::trim) {
+            None | Some("0" | "false") => Ok(false),
+            Some("1" | "true") => Ok(true),
+            Some(other) => Err(SettingsError::Invalid {
+                name,
+                value: other.to_owned(),
+                expected: "true or false",
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn complete() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            ("IMAGEGEN_JOBS_TABLE", "jobs"),
+            ("IMAGEGEN_IDEMPOTENCY_TABLE", "idem"),
+            ("IMAGEGEN_TENANTS_TABLE", "tenants"),
+            ("IMAGEGEN_USAGE_TABLE", "usage"),
+            ("IMAGEGEN_EVENTS_TABLE", "events"),
+            ("IMAGEGEN_KEYS_TABLE", "keys"),
+            ("IMAGEGEN_DELIVERIES_TABLE", "deliveries"),
+            ("IMAGEGEN_GENERATE_QUEUE_URL", "https://sqs/generate"),
+            ("IMAGEGEN_WEBHOOK_QUEUE_URL", "https://sqs/webhook"),
+            ("IMAGEGEN_BUCKET", "images"),
+        ])
+    }
+
+    fn read(vars: &HashMap<&'static str, &'static str>) -> Result<AwsSettings, SettingsError> {
+        AwsSettings::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned()))
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_in_the_error() {
+        let mut vars = complete();
+        vars.remove("IMAGEGEN_BUCKET");
+
+        let error = read(&vars).err();
+
+        assert_eq!(error, Some(SettingsError::Missing("IMAGEGEN_BUCKET")));
+        assert!(error
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("IMAGEGEN_BUCKET"));
+    }
+
+    #[test]
+    fn a_malformed_number_names_the_variable_and_the_value() {
+        let mut vars = complete();
+        vars.insert("IMAGEGEN_LEASE_SECONDS", "two minutes");
+
+        let error = read(&vars).err().map(|e| e.to_string()).unwrap_or_default();
+
+        assert!(error.contains("IMAGEGEN_LEASE_SECONDS"), "{error}");
+        assert!(error.contains("two minutes"), "{error}");
+    }
+
+    #[test]
+    fn provider_timeout_must_end_before_the_lease() {
+        let mut vars = complete();
+        vars.insert("IMAGEGEN_LEASE_SECONDS", "60");
+        vars.insert("IMAGEGEN_PROVIDER_TIMEOUT_SECONDS", "60");
+
+        assert!(matches!(
+            read(&vars),
+            Err(SettingsError::Invalid {
+                name: "IMAGEGEN_PROVIDER_TIMEOUT_SECONDS",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn optional_settings_take_their_defaults() {
+        let settings = read(&complete()).unwrap_or_else(|e| panic!("{e}"));
+
+        assert_eq!(settings.secrets_prefix, "imagegen/");
+        assert_eq!(settings.public_base_url, None);
+        assert!(!settings.allow_loopback);
+        assert_eq!(settings.events_ttl, Duration::from_secs(90 * 24 * 3600));
+    }
+}

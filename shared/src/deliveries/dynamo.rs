@@ -1,0 +1,124 @@
+//! The DynamoDB delivery log: one partition per job (`jobId`), with sort keys
+//! `EVT#<event>` for each event and `ATT#<event>#<round>#<attempt>` for each attempt. Every
+//! write is conditioned on the item not existing, so repeating one changes nothing.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+
+use crate::aws::sdk_error;
+use crate::domain::JobId;
+use crate::ports::{
+    DeliveryAttempt, DeliveryLog, EventDeliveries, PortError, PortResult, WebhookEventRecord,
+};
+
+/// The DynamoDB [`DeliveryLog`].
+#[derive(Clone)]
+pub struct DynamoDeliveryLog {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDeliveryLog {
+    pub fn new(client: Client, table: String) -> Self {
+        Self { client, table }
+    }
+
+    async fn put_once(&self, job: &JobId, sort: String, body: String) -> PortResult<()> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("jobId", AttributeValue::S(job.to_string()))
+            .item("sk", AttributeValue::S(sort))
+            .item("body", AttributeValue::S(body))
+            .condition_expression("attribute_not_exists(sk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> PortError {
+    PortError::Internal(format!("delivery log item: {e}"))
+}
+
+#[async_trait]
+impl DeliveryLog for DynamoDeliveryLog {
+    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<()> {
+        let body = serde_json::to_string(event).map_err(internal)?;
+        self.put_once(&event.job_id, format!("EVT#{}", event.event_id), body)
+            .await
+    }
+
+    async fn append(&self, attempt: &DeliveryAttempt) -> PortResult<()> {
+        let body = serde_json::to_string(attempt).map_err(internal)?;
+        let sort = format!(
+            "ATT#{}#{:010}#{:010}",
+            attempt.event_id, attempt.round, attempt.attempt
+        );
+        self.put_once(&attempt.job_id, sort, body).await
+    }
+
+    async fn for_job(&self, job: &JobId) -> PortResult<Vec<EventDeliveries>> {
+        let mut events: Vec<WebhookEventRecord> = Vec::new();
+        let mut attempts: BTreeMap<String, Vec<DeliveryAttempt>> = BTreeMap::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("jobId = :job")
+                .expression_attribute_values(":job", AttributeValue::S(job.to_string()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for item in page.items() {
+                let sort = item.get("sk").and_then(|v| v.as_s().ok());
+                let body = item.get("body").and_then(|v| v.as_s().ok());
+                let (Some(sort), Some(body)) = (sort, body) else {
+                    return Err(internal("missing sk or body"));
+                };
+                if sort.starts_with("EVT#") {
+                    events.push(serde_json::from_str(body).map_err(internal)?);
+                } else {
+                    let attempt: DeliveryAttempt = serde_json::from_str(body).map_err(internal)?;
+                    attempts
+                        .entry(attempt.event_id.clone())
+                        .or_default()
+                        .push(attempt);
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => break,
+            }
+        }
+
+        events.sort_by(|a, b| (a.created_at, &a.event_id).cmp(&(b.created_at, &b.event_id)));
+        Ok(events
+            .into_iter()
+            .map(|event| {
+                let mut tried = attempts.remove(&event.event_id).unwrap_or_default();
+                tried.sort_by_key(|a| (a.round, a.attempt, a.at));
+                EventDeliveries {
+                    event,
+                    attempts: tried,
+                }
+            })
+            .collect())
+    }
+}
