@@ -9,7 +9,7 @@
 IMAGEGEN_VENV ?= $(CURDIR)/.venv
 export IMAGEGEN_VENV
 CARGO_LAMBDA ?= $(IMAGEGEN_VENV)/bin/cargo-lambda
-LAMBDA_FUNCTIONS := submit poll generate webhook
+LAMBDA_FUNCTIONS := submit poll generate webhook reconcile
 
 .PHONY: venv build-lambda invoke lint-template test-aws
 

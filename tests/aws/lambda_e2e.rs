@@ -582,3 +582,50 @@ async fn query_strings_from_api_gateway_reach_the_routes() {
     assert_eq!(bad_cursor.status, 400, "{}", bad_cursor.body);
     assert_eq!(bad_cursor.body["error"]["code"], "INVALID_CURSOR");
 }
+
+#[tokio::test]
+async fn the_scheduled_reconciler_requeues_a_job_whose_message_was_never_sent() {
+    use imagegen::domain::{Job, Mode, Plan};
+    use imagegen::ports::QueueConsumer;
+
+    let stack = Stack::new(3).await;
+    let app = imagegen::aws::app_from_parts(stack.settings.clone(), stack.clients.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .app;
+    let tenant = imagegen::service::admin::create_tenant(&app, "stranded", Plan::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .tenant;
+    let written = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let job = Job::new(
+        tenant.id.clone(),
+        Mode::Draft,
+        "never queued".into(),
+        None,
+        4,
+        written,
+    );
+    app.store
+        .create_job(&job, None, 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let consumer = imagegen::queue::sqs::SqsQueue::new(stack.clients.sqs.clone(), stack.queues());
+
+    let requeued = imagegen::service::reconcile::reconcile(&app, Duration::from_secs(120), 200)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let messages = consumer
+        .receive(QueueName::Generate, 10, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(requeued, 1);
+    assert!(
+        messages.iter().any(|m| m.body.contains(job.id.as_str())),
+        "{messages:?}"
+    );
+    let sample: Value = serde_json::from_str(include_str!("../../events/reconcile.json"))
+        .unwrap_or_else(|e| panic!("events/reconcile.json: {e}"));
+    assert_eq!(sample["detail-type"], "Scheduled Event");
+}
