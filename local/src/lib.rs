@@ -19,14 +19,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use imagegen::blob::FsBlobStore;
-use imagegen::deliveries::SqliteDeliveryLog;
 use imagegen::http::ApiError;
-use imagegen::limiter::{KeyPool, LimiterSettings, LocalLimiter, SqliteKeyRegistry};
+use imagegen::limiter::LimiterSettings;
 use imagegen::ports::{BlobStore, Provider, QueueConsumer, QueueName};
-use imagegen::provider::{GeminiProvider, GeminiSettings, OfflineProvider};
+use imagegen::provider::{GeminiProvider, GeminiSettings};
 use imagegen::queue::SqliteQueue;
-use imagegen::secrets::SqliteSecrets;
-use imagegen::store::{SqliteDb, SqliteStore};
+use imagegen::store::SqliteDb;
 use imagegen::webhook::{OutboundPolicy, WebhookSender, DELIVERY_TIMEOUT};
 use imagegen::{handlers, service, App, AppSettings};
 use rand::RngCore;
@@ -144,36 +142,20 @@ impl Runner {
             allow_loopback: config.allow_loopback,
             loopback_only: config.loopback_only,
         };
-        let deliveries = SqliteDeliveryLog::new(db.clone());
-        let provider = config
-            .provider
-            .clone()
-            .unwrap_or_else(|| Arc::new(OfflineProvider::default()));
-        let keys = Arc::new(
-            SqliteKeyRegistry::new(db.clone())
-                .await
-                .map_err(fail("cannot open key registry"))?,
-        );
-        let secrets = Arc::new(SqliteSecrets::new(db.clone()));
-        let limiter_settings = config.limiter.clone();
-        let pool = Arc::new(KeyPool::new(
-            keys.clone(),
-            secrets.clone(),
-            limiter_settings.key_cache_ttl,
-        ));
-        let app = App {
-            store: Arc::new(SqliteStore::new(db.clone())),
-            queue: Arc::new(queue.clone()),
-            blobs: Arc::new(blobs.clone()),
-            secrets,
-            limiter: Arc::new(LocalLimiter::new(limiter_settings, pool)),
-            keys,
-            provider,
-            webhooks: WebhookSender::new(policy, DELIVERY_TIMEOUT),
-            deliveries: Arc::new(deliveries),
-            settings: Arc::new(settings),
-            worker_id: format!("local-{}", std::process::id()),
-        };
+        let mut app = imagegen::embedded::app(
+            db,
+            Arc::new(blobs.clone()),
+            WebhookSender::new(policy, DELIVERY_TIMEOUT),
+            settings,
+            config.limiter.clone(),
+        )
+        .await
+        .map_err(fail("cannot open the embedded adapters"))?;
+        app.queue = Arc::new(queue.clone());
+        if let Some(provider) = config.provider.clone() {
+            app.provider = provider;
+        }
+        app.worker_id = format!("local-{}", std::process::id());
 
         let (stop, stopped) = watch::channel(false);
         let router = imagegen::http::router(app.clone(), Some(&config.admin_token))
