@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone)]
 enum Step {
     Fail(ProviderError),
+    Hang,
 }
 
 fn throttled() -> Step {
@@ -97,8 +98,17 @@ impl Provider for ScriptedProvider {
             .lock()
             .unwrap_or_else(|e| panic!("{e}"))
             .pop_front();
-        if let Some(Step::Fail(e)) = step {
-            return Err(e);
+        match step {
+            Some(Step::Fail(e)) => return Err(e),
+            Some(Step::Hang) => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return Err(ProviderError {
+                    error: JobError::new(ErrorCode::UpstreamUnavailable, "hung"),
+                    key_outcome: KeyOutcome::Failure,
+                    retry_after: None,
+                });
+            }
+            None => {}
         }
         let png = offline::render(&request.prompt, request.mode).unwrap_or_else(|e| panic!("{e}"));
         Ok(Generation {
@@ -230,7 +240,12 @@ const VISIBILITY: Duration = Duration::from_secs(1);
 
 impl Harness {
     async fn new() -> Self {
-        let stack = Stack::new(10).await;
+        Self::with_max_receives(10).await
+    }
+
+    /// A harness whose queues dead-letter a message after `max_receives` receives.
+    async fn with_max_receives(max_receives: u32) -> Self {
+        let stack = Stack::new(max_receives).await;
         let built = imagegen::aws::app_from_parts(stack.settings.clone(), stack.clients.clone())
             .await
             .unwrap_or_else(|e| panic!("cold start failed: {e}"));
@@ -452,6 +467,27 @@ async fn endless_server_errors_on_aws_fail_after_max_attempts_and_refund_the_uni
 }
 
 #[tokio::test]
+async fn a_provider_hang_past_the_timeout_on_aws_is_retried_as_a_timeout() {
+    let h = Harness::new().await;
+    let tenant = h.tenant().await;
+    h.provider.push([Step::Hang]);
+    let id = h.submit_one(&tenant).await;
+
+    let done = h.run_to_end(&id, ENOUGH).await;
+    let events = h
+        .app
+        .store
+        .job_events(&id)
+        .await
+        .unwrap_or_else(|e| panic!("events: {e}"));
+
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(h.provider.calls(), 2);
+    assert!(events.iter().any(|e| e.to == JobStatus::Retrying));
+}
+
+#[tokio::test]
 async fn two_concurrent_deliveries_of_one_message_on_aws_run_the_provider_once() {
     let h = Harness::new().await;
     let tenant = h.tenant().await;
@@ -568,4 +604,29 @@ async fn a_worker_killed_after_the_upstream_answered_on_aws_is_taken_over_after_
     assert_eq!(h.blobs.puts.load(Ordering::SeqCst), 1, "one stored result");
     assert_eq!(done.result_keys.len(), 1);
     assert_eq!(h.units(&tenant).await, 1, "charged once");
+}
+
+#[tokio::test]
+async fn an_unreadable_message_on_aws_ends_in_the_dead_letter_queue() {
+    let h = Harness::with_max_receives(2).await;
+    h.sqs
+        .send(QueueName::Generate, "{not json", Duration::ZERO)
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+
+    let mut received = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < until {
+        received += h.pump().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dead = h
+        .sqs
+        .dead_letters(QueueName::Generate)
+        .await
+        .unwrap_or_else(|e| panic!("dead letters: {e}"));
+
+    assert_eq!(received, 2, "received up to the redrive limit, then moved");
+    assert_eq!(dead, vec!["{not json"]);
+    assert_eq!(h.provider.calls(), 0);
 }
