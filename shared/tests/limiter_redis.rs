@@ -1,5 +1,6 @@
 //! What only the Redis limiter must show: one hash tag and a TTL on every key it writes,
-//! scripts that run on a cluster node, and connections with a password and with TLS.
+//! scripts that run on a cluster node, no caller clock in any call, and connections with a
+//! password and with TLS.
 //!
 //! Run it with `cargo test -p imagegen-shared --features redis --test limiter_redis`; each test
 //! starts its own `redis-server` on a free port.
@@ -289,4 +290,59 @@ async fn a_tls_server_is_reached_with_rediss_and_a_private_ca() {
     .unwrap();
 
     exercise(&limiter).await;
+}
+
+/// Every integer among a `MONITOR` line's quoted arguments.
+fn integer_arguments(line: &str) -> Vec<i64> {
+    line.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|arg| arg.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn callers_send_no_clock_reading_so_a_skewed_caller_cannot_move_a_window() {
+    let server = LocalRedisServer::start(&[]).unwrap();
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pool = pool_with_keys(&[("k1", "p1"), ("k2", "p2")]).await;
+    let settings = RedisSettings::new(server.url().into());
+    let limiter = RedisLimiter::connect(LimiterSettings::default(), settings, pool)
+        .await
+        .unwrap();
+    // MONITOR answers OK once it listens; give it that moment before the calls start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    exercise(&limiter).await;
+    limiter
+        .admit_submission(&TenantId::new("ten_clock"), 10)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    monitor.kill().unwrap();
+    let output = monitor.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&output.stdout).into_owned();
+
+    let calls: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.to_ascii_uppercase().contains("\"EVAL"))
+        .collect();
+    assert!(calls.len() >= 15, "the scripts were not seen: {lines}");
+    let now_ms = Utc::now().timestamp_millis();
+    let day_ms = 86_400_000;
+    for call in calls {
+        for n in integer_arguments(call) {
+            // Milliseconds, seconds or microseconds since the epoch, give or take a day.
+            for reading in [n, n.saturating_mul(1_000), n / 1_000] {
+                assert!(
+                    (reading - now_ms).abs() > day_ms,
+                    "a script call carries a clock reading ({n}): {call}"
+                );
+            }
+        }
+    }
 }

@@ -100,6 +100,35 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
+/// Finished attempts a key's "requests in the last minute" can count (in-flight ones come on
+/// top): more than a key makes in a minute at any upstream limit we know of.
+const RECENT_ATTEMPTS_COUNTED: u32 = 1_000;
+
+/// Clear a key's disabled mark and keep the rest of its health record.
+const ENABLE: &str = r"
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return 0 end
+local head, tail = string.match(record, '^(%S+ %S+ %S+ %S+) %S+ (.*)$')
+if not head then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], head .. ' 0 ' .. tail)
+return 1
+";
+
+/// The levels a lease id names: `<start>-<random>|<global counted>|<key>|<group>|<tenant>`.
+struct LeaseLevels {
+    global: bool,
+    key: Option<UpstreamKeyId>,
+    group: Option<QuotaGroupId>,
+}
+
+fn lease_levels(lease_id: &str) -> LeaseLevels {
+    let mut parts = lease_id.splitn(5, '|').skip(1);
+    let global = parts.next() == Some("1");
+    let key = parts.next().and_then(|k| UpstreamKeyId::parse(k).ok());
+    let group = parts.next().and_then(|g| QuotaGroupId::parse(g).ok());
+    LeaseLevels { global, key, group }
+}
+
 fn malformed() -> PortError {
     PortError::Internal("limiter script answered in an unexpected shape".into())
 }
@@ -114,6 +143,7 @@ pub struct RedisLimiter {
     release: Script,
     health: Script,
     submit: Script,
+    enable: Script,
 }
 
 impl RedisLimiter {
@@ -166,6 +196,7 @@ impl RedisLimiter {
             release: Script::new(include_str!("release.lua")),
             health: Script::new(include_str!("health.lua")),
             submit: Script::new(include_str!("submit.lua")),
+            enable: Script::new(ENABLE),
         })
     }
 
@@ -178,9 +209,24 @@ impl RedisLimiter {
         self.key("z", level)
     }
 
-    fn global_limited(&self) -> bool {
-        let global = self.settings.global;
-        global.requests_per_minute.is_some() || global.concurrency.is_some()
+    /// A rate-limited level's log of admissions in the window.
+    fn log(&self, level: &str) -> String {
+        self.key("w", level)
+    }
+
+    /// The live lease count of every level, and each key's recent admissions.
+    fn counts(&self) -> String {
+        format!("{{{}}}:c", self.redis.namespace)
+    }
+
+    /// Every live lease, scored by its expiry.
+    fn index(&self) -> String {
+        format!("{{{}}}:x", self.redis.namespace)
+    }
+
+    /// Key and group health records.
+    fn health_hash(&self) -> String {
+        format!("{{{}}}:h", self.redis.namespace)
     }
 
     fn key_level(key: &UpstreamKeyId) -> String {
@@ -189,6 +235,12 @@ impl RedisLimiter {
 
     fn group_level(group: &QuotaGroupId) -> String {
         format!("q:{group}")
+    }
+
+    /// Outcomes kept per key: enough for the error rate and latency figures and to count the
+    /// attempts of the last minute, up to [`RECENT_ATTEMPTS_COUNTED`].
+    fn outcomes_kept(&self) -> u32 {
+        self.settings.health_samples.max(RECENT_ATTEMPTS_COUNTED)
     }
 
     /// Every key name this limiter may write, for tests and operators.
@@ -233,15 +285,14 @@ impl Limiter for RedisLimiter {
         let set_ttl = ms(lease.max(settings.max_lease).max(settings.window)) + 1000;
 
         let mut call = self.acquire.prepare_invoke();
-        call.key(self.level("g"))
-            .key(self.level(&format!("t:{}", request.tenant_id)));
+        call.key(self.counts())
+            .key(self.index())
+            .key(self.health_hash())
+            .key(self.log("g"))
+            .key(self.log(&format!("t:{}", request.tenant_id)));
         for candidate in candidates.iter() {
-            let key = Self::key_level(&candidate.key);
-            let group = Self::group_level(&candidate.group);
-            call.key(self.level(&key))
-                .key(self.key("h", &key))
-                .key(self.level(&group))
-                .key(self.key("h", &group));
+            call.key(self.log(&Self::key_level(&candidate.key)))
+                .key(self.log(&Self::group_level(&candidate.group)));
         }
         call.arg(ms(lease))
             .arg(ms(settings.window))
@@ -254,9 +305,12 @@ impl Limiter for RedisLimiter {
             .arg(limit(request.tenant_rpm))
             .arg(i64::from(request.tenant_concurrency))
             .arg(set_ttl)
+            .arg(format!("t:{}", request.tenant_id))
+            .arg(request.tenant_id.as_str())
             .arg(candidates.len());
         for candidate in candidates.iter() {
-            call.arg(candidate.key.as_str())
+            call.arg(Self::key_level(&candidate.key))
+                .arg(Self::group_level(&candidate.group))
                 .arg(limit(candidate.key_limits.requests_per_minute))
                 .arg(limit(candidate.key_limits.concurrency))
                 .arg(limit(candidate.group_limits.requests_per_minute))
@@ -293,14 +347,8 @@ impl Limiter for RedisLimiter {
 
     async fn release(&self, permit: &Permit, outcome: KeyOutcome) -> PortResult<()> {
         let settings = &self.settings;
-        let key = permit
-            .key_id
-            .as_deref()
-            .and_then(|k| UpstreamKeyId::parse(k).ok());
-        let group = match &key {
-            Some(key) => self.pool.group_of(key).await,
-            None => None,
-        };
+        // The lease id names the key and group it holds (`acquire.lua`).
+        let LeaseLevels { global, key, group } = lease_levels(&permit.lease_id);
         let (name, wait) = match &outcome {
             KeyOutcome::Success => ("success", 0),
             KeyOutcome::Neutral => ("neutral", 0),
@@ -315,30 +363,38 @@ impl Limiter for RedisLimiter {
             }
         };
 
+        // A lease without a key still declares key names, which the script leaves alone.
+        let key_level = key.as_ref().map_or("k:-".to_owned(), Self::key_level);
+        let group_level = group.as_ref().map_or("q:-".to_owned(), Self::group_level);
         let mut call = self.release.prepare_invoke();
-        call.key(self.level("g"))
-            .key(self.level(&format!("t:{}", permit.tenant_id)));
-        if let Some(key) = &key {
-            let level = Self::key_level(key);
-            call.key(self.level(&level))
-                .key(self.key("h", &level))
-                .key(self.key("s", &level));
-            if let Some(group) = &group {
-                let level = Self::group_level(group);
-                call.key(self.level(&level)).key(self.key("h", &level));
-            }
-        }
+        call.key(self.counts())
+            .key(self.index())
+            .key(self.health_hash())
+            .key(self.log("g"))
+            .key(self.log(&format!("t:{}", permit.tenant_id)))
+            .key(self.log(&key_level))
+            .key(self.log(&group_level))
+            .key(self.key("s", &key_level));
         call.arg(&permit.lease_id)
             .arg(name)
             .arg(wait)
             .arg(settings.failure_threshold)
             .arg(ms(settings.cooldown))
             .arg(ms(settings.throttle_cooldown))
-            .arg(settings.health_samples.max(1))
+            .arg(self.outcomes_kept())
             .arg(ms(self.redis.health_ttl))
-            .arg(if key.is_some() { 1 } else { 0 })
-            .arg(if group.is_some() { 1 } else { 0 })
-            .arg(if self.global_limited() { 1 } else { 0 });
+            .arg(key.as_ref().map_or(String::new(), Self::key_level))
+            .arg(group.as_ref().map_or(String::new(), Self::group_level))
+            .arg(format!("t:{}", permit.tenant_id));
+        if global {
+            call.arg("g");
+        }
+        if key.is_some() {
+            call.arg(&key_level);
+        }
+        if group.is_some() {
+            call.arg(&group_level);
+        }
 
         let mut connection = self.connection.clone();
         let answer: Value = call
@@ -369,20 +425,21 @@ impl Limiter for RedisLimiter {
             return Ok(Vec::new());
         }
         let mut call = self.health.prepare_invoke();
+        call.key(self.counts())
+            .key(self.index())
+            .key(self.health_hash());
         for key in keys {
-            let level = Self::key_level(key);
-            let group = match self.pool.group_of(key).await {
-                Some(group) => Self::group_level(&group),
-                // A key without a group has no group cooldown: point at a key never written.
-                None => "q:-".to_owned(),
-            };
-            call.key(self.level(&level))
-                .key(self.key("h", &level))
-                .key(self.key("s", &level))
-                .key(self.key("h", &group));
+            call.key(self.key("s", &Self::key_level(key)));
         }
         call.arg(ms(self.settings.window))
-            .arg(self.settings.health_samples.max(1));
+            .arg(self.settings.health_samples.max(1))
+            .arg(self.outcomes_kept());
+        for key in keys {
+            // A key without a group has no group cooldown.
+            let group = self.pool.group_of(key).await;
+            call.arg(key.as_str())
+                .arg(group.as_ref().map_or("", QuotaGroupId::as_str));
+        }
 
         let mut connection = self.connection.clone();
         let answer: Value = call
@@ -406,8 +463,10 @@ impl Limiter for RedisLimiter {
                     .iter()
                     .filter_map(text)
                     .filter_map(|s| {
-                        let (ok, latency) = s.split_once(':')?;
-                        Some((ok == "1", latency.parse().ok()?))
+                        // `ok:latency_ms:start_ms`
+                        let mut parts = s.split(':');
+                        let ok = parts.next()? == "1";
+                        Some((ok, parts.next()?.parse().ok()?))
                     })
                     .collect(),
                 _ => Vec::new(),
@@ -432,12 +491,12 @@ impl Limiter for RedisLimiter {
     async fn key_changed(&self, key: Option<&UpstreamKeyId>) -> PortResult<()> {
         self.pool.invalidate();
         if let Some(key) = key {
-            let health = self.key("h", &Self::key_level(key));
             let mut connection = self.connection.clone();
-            let removed: Result<i64, _> = redis::cmd("HDEL")
-                .arg(&health)
-                .arg("d")
-                .query_async(&mut connection)
+            let removed: Result<i64, _> = self
+                .enable
+                .key(self.health_hash())
+                .arg(Self::key_level(key))
+                .invoke_async(&mut connection)
                 .await;
             if let Err(e) = removed {
                 warn!(key_id = %key, error = %e, "key health not reset");

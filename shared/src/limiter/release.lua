@@ -1,52 +1,72 @@
 -- Give a lease back at every level and record how the attempt went, in one atomic call.
 --
--- KEYS: global set, tenant set, and when a key was used: key set, key health, key samples,
---   and when its group is known: group set, group health.
+-- The lease id names the levels it holds (see `acquire.lua`); the caller reads them from it
+-- and passes the field names ready-made.
+--
+-- KEYS: counts hash, lease index, health hash, global log, tenant log, key log, group log,
+--   key samples (the key ones are placeholders when the lease holds no key).
 -- ARGV: lease id, outcome (success, neutral, unused, failure, throttled, invalid, quota),
 --   wait ms (throttled: the upstream's hint or -1; quota: until the reset), failure threshold,
---   cooldown ms, throttle cooldown ms, samples kept, health ttl ms, has key (0/1),
---   has group (0/1), global limited (0/1).
+--   cooldown ms, throttle cooldown ms, outcomes kept, health ttl ms, key field ('' without a
+--   key), group field ('' without a group), then the count fields the lease holds.
 -- Returns {held (0/1), newly disabled (0/1)}.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local counts, index, health = KEYS[1], KEYS[2], KEYS[3]
 local lease = ARGV[1]
 local outcome = ARGV[2]
 local health_ttl = tonumber(ARGV[8])
 local samples_kept = tonumber(ARGV[7])
 
--- A permit never used hands its admission back, so the upstream's window is not wasted.
-local function give(z)
-  if outcome == 'unused' then
-    return redis.call('ZREM', z, 'l' .. lease, 'a' .. lease)
-  end
-  return redis.call('ZREM', z, 'l' .. lease)
+-- A repeated release, or one after the lease expired and was reclaimed, changes nothing: the
+-- outcome counts once.
+if redis.call('ZREM', index, lease) == 0 then return {0, 0} end
+
+local fields = {unpack(ARGV, 11)}
+local held = redis.call('HMGET', counts, unpack(fields))
+local writes = {}
+for i, field in ipairs(fields) do
+  local n = (tonumber(held[i]) or 0) - 1
+  if n < 0 then n = 0 end
+  writes[2 * i - 1], writes[2 * i] = field, n
 end
+redis.call('HSET', counts, unpack(writes))
 
-if ARGV[11] == '1' then give(KEYS[1]) end
-local tenant_held = give(KEYS[2])
-if ARGV[9] ~= '1' then return {math.min(tenant_held, 1), 0} end
-local held = give(KEYS[3])
-if ARGV[10] == '1' then give(KEYS[6]) end
--- A repeated release must not count the same outcome twice.
-if held == 0 then return {0, 0} end
+-- A permit never used hands its admissions back, so the upstream's window is not wasted.
+if outcome == 'unused' then
+  local short = string.match(lease, '^[^|]*')
+  for i = 4, 7 do redis.call('ZREM', KEYS[i], short) end
+end
+local field, group_field = ARGV[9], ARGV[10]
+if field == '' then return {1, 0} end
 
-local health = KEYS[4]
-local h = redis.call('HMGET', health, 'cd', 'f', 'p', 'pl', 'd', 'e')
-local cd = tonumber(h[1] or 0)
-local failures = tonumber(h[2] or 0)
-local probing = h[3] == '1'
-local probe_lease = h[4] or ''
-local ewma = tonumber(h[6] or 0)
-if probe_lease == lease then probe_lease = '' end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The same record shape as `acquire.lua`: cooldown until, failures, probing, probe expiry,
+-- disabled, failure average, probe lease.
+local record = redis.call('HGET', health, field)
+local cd, failures, p, pe, d, ewma, probe_lease = 0, 0, '0', 0, '0', 0, ''
+if record then
+  local c1, c2, c3, c4, c5, c6, c7 =
+    string.match(record, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(.*)$')
+  if c1 then
+    cd, failures, p, pe, d, ewma, probe_lease =
+      tonumber(c1), tonumber(c2), c3, tonumber(c4), c5, tonumber(c6), c7
+  end
+end
+local probing = p == '1'
+if probe_lease == lease then probe_lease, pe = '', 0 end
 local start = tonumber(string.match(lease, '^(%d+)-')) or now
 local latency = math.max(now - start, 0)
 
+-- The hash's TTL only ever grows, so no write cuts short a cooldown in force elsewhere.
+local function keep(until_ms)
+  local wanted = math.max(until_ms - now + 1000, health_ttl)
+  if redis.call('PTTL', health) < wanted then redis.call('PEXPIRE', health, wanted) end
+end
+
 local sample
 local failed = false
-local disabled = 0
 local newly_disabled = 0
-if h[5] == '1' then disabled = 1 end
 if outcome == 'success' then
   failures = 0
   probing = false
@@ -61,17 +81,17 @@ elseif outcome == 'throttled' then
   cd = math.max(cd, now + wait)
   failed = true
 elseif outcome == 'invalid' then
-  if disabled == 0 then newly_disabled = 1 end
-  disabled = 1
+  if d ~= '1' then newly_disabled = 1 end
+  d = '1'
   sample = 0
 elseif outcome == 'quota' then
   local until_ms = now + tonumber(ARGV[3])
   cd = math.max(cd, until_ms)
-  if ARGV[10] == '1' then
-    local group_cd = tonumber(redis.call('HGET', KEYS[7], 'cd') or 0)
+  if group_field ~= '' then
+    local group_cd = tonumber(redis.call('HGET', health, group_field)) or 0
     if until_ms > group_cd then
-      redis.call('HSET', KEYS[7], 'cd', string.format('%d', until_ms))
-      redis.call('PEXPIRE', KEYS[7], math.max(until_ms - now + 1000, health_ttl))
+      redis.call('HSET', health, group_field, string.format('%d', until_ms))
+      keep(until_ms)
     end
   end
 end
@@ -85,21 +105,23 @@ if failed then
 end
 if sample then
   ewma = ewma * 0.9 + (1 - sample) * 0.1
-  local n = redis.call('LPUSH', KEYS[5], sample .. ':' .. latency)
+  -- Each outcome keeps the attempt's start, which counts it in "requests in the last minute".
+  local n = redis.call('LPUSH', KEYS[8], sample .. ':' .. latency .. ':' .. start)
   -- Trimming and refreshing the TTL now and then is enough: readers take the newest only.
   if n == 1 or n > samples_kept + 16 then
-    redis.call('LTRIM', KEYS[5], 0, samples_kept - 1)
-    redis.call('PEXPIRE', KEYS[5], health_ttl)
+    redis.call('LTRIM', KEYS[8], 0, samples_kept - 1)
+    redis.call('PEXPIRE', KEYS[8], health_ttl)
   end
 end
--- A healthy key staying healthy needs no write: its hash would only say so again.
+-- A healthy key staying healthy has no record: it would only say so.
 local clean = failures == 0 and not probing and probe_lease == ''
-  and cd <= now and disabled == 0 and ewma < 0.001
-if clean then return {1, 0} end
-local p = '0'
-if probing then p = '1' end
-redis.call('HSET', health, 'cd', string.format('%d', cd), 'f', failures, 'p', p,
-  'pl', probe_lease, 'd', disabled, 'e', tostring(ewma))
--- The cooldown in force is the longest ever set, so the TTL never cuts one short.
-redis.call('PEXPIRE', health, math.max(cd - now + 1000, health_ttl))
+  and cd <= now and d ~= '1' and ewma < 0.001
+if clean then
+  if record then redis.call('HDEL', health, field) end
+  return {1, 0}
+end
+if probing then p = '1' else p = '0' end
+redis.call('HSET', health, field, string.format('%d %d %s %d %s %s %s',
+  cd, failures, p, pe, d, tostring(ewma), probe_lease))
+keep(cd)
 return {1, newly_disabled}
