@@ -177,8 +177,14 @@ impl SeedLimiter {
     }
 }
 
-/// Microseconds redis-server spent executing commands since the last reset.
-async fn server_busy_us(connection: &mut ConnectionManager) -> BenchResult<u64> {
+/// What redis-server did since the last reset: microseconds spent executing commands, and
+/// how many top-level calls it took to do it.
+struct ServerWork {
+    busy_us: u64,
+    calls: u64,
+}
+
+async fn server_work(connection: &mut ConnectionManager) -> BenchResult<ServerWork> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(connection)
@@ -189,13 +195,23 @@ async fn server_busy_us(connection: &mut ConnectionManager) -> BenchResult<u64> 
     }
     // Commands run inside a script are counted in the script's own time as well.
     let scripted = info.contains("cmdstat_evalsha");
-    Ok(info
+    let stat = |line: &str, name: &str| -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let lines: Vec<&str> = info
         .lines()
+        .filter(|line| line.starts_with("cmdstat_"))
+        .filter(|line| !line.starts_with("cmdstat_info") && !line.starts_with("cmdstat_config"))
         .filter(|line| !scripted || line.starts_with("cmdstat_evalsha"))
-        .filter_map(|line| line.split("usec=").nth(1))
-        .filter_map(|rest| rest.split(',').next())
-        .filter_map(|us| us.parse::<u64>().ok())
-        .sum())
+        .collect();
+    Ok(ServerWork {
+        busy_us: lines.iter().map(|l| stat(l, "usec")).sum(),
+        calls: lines.iter().map(|l| stat(l, "calls")).sum(),
+    })
 }
 
 async fn reset_stats(connection: &mut ConnectionManager) -> BenchResult<()> {
@@ -214,17 +230,20 @@ struct PairFigures {
 }
 
 impl PairFigures {
-    fn print(&mut self, name: &str, round_trips: &str, server_us: u64) {
+    fn print(&mut self, name: &str, round_trips: &str, server: ServerWork) {
         self.pair_us.sort_unstable();
         self.acquire_us.sort_unstable();
-        let per_pair = server_us as f64 / self.pairs.max(1) as f64;
+        let pairs = self.pairs.max(1) as f64;
+        let per_pair = server.busy_us as f64 / pairs;
         println!(
             "  {name:<34} {:>7.0} pairs/s  pair p50 {}  p99 {}  acquire p99 {}  ({round_trips}); \
-             redis busy {per_pair:.1} us per pair, so one redis core tops out at {:.0} pairs/s",
+             {:.2} server calls per pair; redis busy {per_pair:.1} us per pair, so one redis \
+             core tops out at {:.0} pairs/s",
             self.pairs as f64 / self.seconds,
             micros(percentile(&self.pair_us, 0.50)),
             micros(percentile(&self.pair_us, 0.99)),
             micros(percentile(&self.acquire_us, 0.99)),
+            server.calls as f64 / pairs,
             1e6 / per_pair.max(0.001),
         );
     }
@@ -232,7 +251,10 @@ impl PairFigures {
 
 const CALLERS: u32 = 64;
 
-async fn run_pairs<F, Fut>(seconds: u64, work: F) -> BenchResult<PairFigures>
+/// Run `work` from [`CALLERS`] callers for `seconds`: back to back (a closed loop, which
+/// finds the most pairs per second), or each caller at its share of `pace` pairs per second
+/// (an open loop, which shows the latency at that load).
+async fn run_pairs<F, Fut>(seconds: u64, pace: Option<f64>, work: F) -> BenchResult<PairFigures>
 where
     F: Fn(u32) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = BenchResult<(Duration, Duration)>> + Send,
@@ -245,7 +267,17 @@ where
         tasks.push(tokio::spawn(async move {
             let mut pair_us = Vec::new();
             let mut acquire_us = Vec::new();
+            let interval = pace.map(|rate| Duration::from_secs_f64(f64::from(CALLERS) / rate));
+            // Callers start spread over one interval, not all at once.
+            let mut next = started
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(f64::from(caller) / f64::from(CALLERS))
+                });
             while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
                 let (acquire, pair) = work(caller).await?;
                 acquire_us.push(acquire.as_micros() as u64);
                 pair_us.push(pair.as_micros() as u64);
@@ -292,26 +324,13 @@ async fn throughput(seconds: u64) -> BenchResult<()> {
     let mut stats = limiter.connection();
     reset_stats(&mut stats).await?;
     let ours = Arc::clone(&limiter);
-    let mut figures = run_pairs(seconds, move |caller| {
+    let ours_paced = Arc::clone(&ours);
+    let mut figures = run_pairs(seconds, None, move |caller| {
         let limiter = Arc::clone(&ours);
-        async move {
-            let started = Instant::now();
-            let admission = limiter
-                .acquire(&request(caller % 8, Duration::from_secs(60)))
-                .await
-                .map_err(err("acquire"))?;
-            let acquired = started.elapsed();
-            if let Admission::Granted(permit) = admission {
-                limiter
-                    .release(&permit, KeyOutcome::Success)
-                    .await
-                    .map_err(err("release"))?;
-            }
-            Ok((acquired, started.elapsed()))
-        }
+        async move { pair(&limiter, caller).await }
     })
     .await?;
-    let busy = server_busy_us(&mut stats).await?;
+    let busy = server_work(&mut stats).await?;
     figures.print(
         "one script call each way (this)",
         "2 round trips per pair",
@@ -322,7 +341,7 @@ async fn throughput(seconds: u64) -> BenchResult<()> {
     let seed = Arc::new(SeedLimiter {
         connection: limiter.connection(),
     });
-    let mut figures = run_pairs(seconds, move |caller| {
+    let mut figures = run_pairs(seconds, None, move |caller| {
         let seed = Arc::clone(&seed);
         async move {
             let layers = vec![
@@ -341,13 +360,51 @@ async fn throughput(seconds: u64) -> BenchResult<()> {
         }
     })
     .await?;
-    let busy = server_busy_us(&mut stats).await?;
+    let busy = server_work(&mut stats).await?;
     figures.print(
         "seed: separate calls per layer",
         "16 round trips per pair",
         busy,
     );
+
+    // Latency below saturation: the same callers, each paced to its share of a fixed rate.
+    let rates = std::env::var("BENCH_PACED").unwrap_or_else(|_| "5000,10000,15000".into());
+    for rate in rates
+        .split(',')
+        .filter_map(|r| r.trim().parse::<f64>().ok())
+    {
+        reset_stats(&mut stats).await?;
+        let limiter = Arc::clone(&ours_paced);
+        let mut figures = run_pairs(seconds.min(5), Some(rate), move |caller| {
+            let limiter = Arc::clone(&limiter);
+            async move { pair(&limiter, caller).await }
+        })
+        .await?;
+        let busy = server_work(&mut stats).await?;
+        figures.print(
+            &format!("this, paced at {rate:.0} pairs/s"),
+            "open loop",
+            busy,
+        );
+    }
     Ok(())
+}
+
+/// One acquire and its release on this limiter: (acquire time, pair time).
+async fn pair(limiter: &RedisLimiter, caller: u32) -> BenchResult<(Duration, Duration)> {
+    let started = Instant::now();
+    let admission = limiter
+        .acquire(&request(caller % 8, Duration::from_secs(60)))
+        .await
+        .map_err(err("acquire"))?;
+    let acquired = started.elapsed();
+    if let Admission::Granted(permit) = admission {
+        limiter
+            .release(&permit, KeyOutcome::Success)
+            .await
+            .map_err(err("release"))?;
+    }
+    Ok((acquired, started.elapsed()))
 }
 
 /// The most admissions inside any closed window of `window_ms`, given sorted times in ms.
@@ -853,7 +910,11 @@ async fn memory() -> BenchResult<()> {
             .query_async(&mut connection)
             .await
             .map_err(err("memory"))?;
-        let level = if name.contains(":t:") {
+        // Lease counts and the lease index are shared by every level; logs and outcome
+        // lists belong to one level.
+        let level = if name.ends_with(":c") || name.ends_with(":x") {
+            "leases"
+        } else if name.contains(":t:") {
             "tenant"
         } else if name.contains(":k:") {
             "key"
@@ -871,15 +932,17 @@ async fn memory() -> BenchResult<()> {
             .get(level)
             .map_or(0.0, |(b, _)| *b as f64 / f64::from(count))
     };
+    let lease = per("leases", tenants);
     let tenant = per("tenant", tenants);
     let key = per("key", groups * keys_per_group);
     println!(
-        "  admissions {admitted}; redis keys {}; bytes per active tenant {tenant:.0}, per key {key:.0}, \
-         per project {:.0}, global {:.0}; per active tenant/key pair {:.0} bytes",
+        "  admissions {admitted}; redis keys {}; bytes per live lease (its counts and index entry) \
+         {lease:.0}, per tenant log {tenant:.0}, per key (admission log, outcomes) {key:.0}, \
+         per project {:.0}, other {:.0}; per active tenant/key pair {:.0} bytes",
         names.len(),
         per("project", groups),
         per("global", 1),
-        tenant + key,
+        lease + tenant + key,
     );
     drop(held);
     Ok(())
