@@ -16,7 +16,7 @@ use crate::domain::{
 
 /// A failure of a backing service. `Conflict`-style outcomes are not errors: they are values of
 /// the method's own result type.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PortError {
     /// The service could not be reached or answered with a transient error.
     #[error("backing service unavailable: {0}")]

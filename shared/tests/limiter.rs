@@ -160,6 +160,32 @@ fn keyed(tenant: &str) -> PermitRequest {
     }
 }
 
+/// Send every request at once, as racing workers would; answers in request order.
+async fn race(limiter: &Arc<dyn Limiter>, requests: Vec<PermitRequest>) -> Vec<Admission> {
+    let calls: Vec<_> = requests
+        .into_iter()
+        .map(|r| {
+            let limiter = Arc::clone(limiter);
+            tokio::spawn(async move { limiter.acquire(&r).await.unwrap() })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    answers
+}
+
+fn granted(answers: &[Admission]) -> Vec<Permit> {
+    answers
+        .iter()
+        .filter_map(|a| match a {
+            Admission::Granted(p) => Some(p.clone()),
+            Admission::Denied { .. } => None,
+        })
+        .collect()
+}
+
 macro_rules! suite {
     ($module:ident, $make:path) => {
         mod $module {
@@ -547,6 +573,104 @@ macro_rules! suite {
                 assert!(health.p95_latency_ms.unwrap() >= 30, "{health:?}");
                 assert_eq!(health.cooldown_until, None);
                 drop(held);
+            }
+
+            #[tokio::test]
+            async fn racing_dispatches_never_take_more_than_a_limit_allows() {
+                let h = $make(settings()).await;
+                h.group("p1", limits(Some(12), Some(4))).await;
+                h.key("k1", "p1", limits(None, None)).await;
+                h.key("k2", "p1", limits(None, None)).await;
+                let racers = |round: usize| {
+                    (0..40)
+                        .map(|i| keyed(&format!("t{round}-{i}")))
+                        .collect::<Vec<_>>()
+                };
+
+                let mut per_round = Vec::new();
+                let mut waits = Vec::new();
+                for round in 0..4 {
+                    let answers = race(&h.limiter, racers(round)).await;
+                    let permits = granted(&answers);
+                    per_round.push(permits.len());
+                    waits.extend(answers.iter().filter_map(|a| match a {
+                        Admission::Denied { retry_after } => Some(*retry_after),
+                        Admission::Granted(_) => None,
+                    }));
+                    for p in &permits {
+                        h.release(p, KeyOutcome::Success).await;
+                    }
+                }
+
+                // Four at once, and twelve in the window: the fourth round finds it spent.
+                assert_eq!(per_round, vec![4, 4, 4, 0]);
+                assert!(
+                    waits
+                        .iter()
+                        .all(|w| *w > Duration::ZERO && *w <= WINDOW + Duration::from_millis(5)),
+                    "{waits:?}"
+                );
+                assert!(granted(&race(&h.limiter, racers(9)).await).is_empty());
+            }
+
+            #[tokio::test]
+            async fn racing_dispatches_of_one_tenant_share_its_concurrency() {
+                let h = $make(settings()).await;
+                let mut r = request("solo");
+                r.tenant_concurrency = 3;
+
+                let answers = race(&h.limiter, vec![r.clone(); 30]).await;
+                let permits = granted(&answers);
+                let mut ids: Vec<&str> = permits.iter().map(|p| p.lease_id.as_str()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+
+                assert_eq!(permits.len(), 3);
+                assert_eq!(ids.len(), 3, "every lease has its own id");
+                h.release(&permits[0], KeyOutcome::Success).await;
+                assert_eq!(granted(&race(&h.limiter, vec![r; 30]).await).len(), 1);
+            }
+
+            #[tokio::test]
+            async fn racing_releases_of_one_lease_count_its_outcome_once() {
+                let h = $make(settings()).await;
+                h.group("p1", limits(None, None)).await;
+                h.key("k1", "p1", limits(None, None)).await;
+                let permit = h.grant(&keyed("t1")).await;
+
+                let releases: Vec<_> = (0..10)
+                    .map(|_| {
+                        let limiter = Arc::clone(&h.limiter);
+                        let permit = permit.clone();
+                        tokio::spawn(async move {
+                            limiter.release(&permit, KeyOutcome::Failure).await.unwrap()
+                        })
+                    })
+                    .collect();
+                for release in releases {
+                    release.await.unwrap();
+                }
+                let health = h.health("k1").await;
+
+                assert_eq!(health.consecutive_failures, 1, "{health:?}");
+                assert_eq!(health.in_flight, 0, "{health:?}");
+            }
+
+            #[tokio::test]
+            async fn after_a_cooldown_one_racing_dispatch_gets_the_probe() {
+                let h = $make(settings()).await;
+                h.group("p1", limits(None, None)).await;
+                h.key("k1", "p1", limits(None, None)).await;
+                for _ in 0..settings().failure_threshold {
+                    let p = h.grant(&keyed("t1")).await;
+                    h.release(&p, KeyOutcome::Failure).await;
+                }
+                h.denied(&keyed("t1")).await;
+                tokio::time::sleep(settings().cooldown + Duration::from_millis(50)).await;
+
+                let answers = race(&h.limiter, vec![keyed("t1"); 20]).await;
+
+                assert_eq!(granted(&answers).len(), 1, "one probe at a time");
             }
         }
     };

@@ -18,7 +18,9 @@ use imagegen::domain::{
 };
 use imagegen::limiter::redis_server::LocalRedisServer;
 use imagegen::limiter::{KeyPool, LimiterSettings, RedisLimiter, RedisSettings, SqliteKeyRegistry};
-use imagegen::ports::{Admission, KeyOutcome, KeyRegistry, Limiter, PermitRequest, PortError};
+use imagegen::ports::{
+    Admission, KeyOutcome, KeyRegistry, Limiter, Permit, PermitRequest, PortError,
+};
 use imagegen::secrets::SqliteSecrets;
 use imagegen::store::SqliteDb;
 use secrecy::SecretString;
@@ -83,12 +85,7 @@ async fn exercise(limiter: &RedisLimiter) {
         KeyOutcome::Invalid,
     ];
     for (i, outcome) in outcomes.into_iter().enumerate() {
-        let permit = loop {
-            match limiter.acquire(&keyed(&format!("ten_{i}"))).await.unwrap() {
-                Admission::Granted(permit) => break permit,
-                Admission::Denied { retry_after } => tokio::time::sleep(retry_after).await,
-            }
-        };
+        let permit = granted(limiter, &format!("ten_{i}")).await;
         limiter.release(&permit, outcome).await.unwrap();
     }
     let ids = [
@@ -96,6 +93,16 @@ async fn exercise(limiter: &RedisLimiter) {
         UpstreamKeyId::parse("k2").unwrap(),
     ];
     limiter.key_health(&ids).await.unwrap();
+}
+
+/// A keyed permit for `tenant`, waiting as long as the limiter says.
+async fn granted(limiter: &RedisLimiter, tenant: &str) -> Permit {
+    loop {
+        match limiter.acquire(&keyed(tenant)).await.unwrap() {
+            Admission::Granted(permit) => return permit,
+            Admission::Denied { retry_after } => tokio::time::sleep(retry_after).await,
+        }
+    }
 }
 
 async fn all_keys(limiter: &RedisLimiter) -> Vec<String> {
@@ -117,9 +124,21 @@ async fn every_key_the_limiter_writes_shares_one_hash_tag_and_has_a_ttl() {
         .unwrap();
 
     exercise(&limiter).await;
+    // A lease still held keeps the counts and the lease index alive.
+    let _held = granted(&limiter, "ten_held").await;
     let keys = all_keys(&limiter).await;
 
-    assert!(keys.len() >= 10, "{keys:?}");
+    for kind in [
+        "{imagegen}:c",
+        "{imagegen}:x",
+        "{imagegen}:h",
+        "{imagegen}:s:k:k1",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == kind),
+            "{kind} missing from {keys:?}"
+        );
+    }
     let mut connection = limiter.connection();
     for key in keys {
         assert!(key.starts_with("{imagegen}:"), "{key}");

@@ -11,6 +11,8 @@ use chrono::{DateTime, Timelike, Utc};
 
 use crate::domain::Limits;
 
+#[cfg(feature = "redis")]
+mod batch;
 pub mod local;
 pub mod pool;
 #[cfg(feature = "redis")]

@@ -16,6 +16,7 @@ use redis::{Script, Value};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 
+use super::batch::Batcher;
 use super::pool::KeyPool;
 use super::{summarize, LimiterSettings};
 use crate::domain::{QuotaGroupId, TenantId, UpstreamKeyId};
@@ -133,21 +134,67 @@ fn malformed() -> PortError {
     PortError::Internal("limiter script answered in an unexpected shape".into())
 }
 
-/// The [`Limiter`] on Redis.
-pub struct RedisLimiter {
+/// The most dispatches one script call carries.
+const BATCH_MAX: usize = 64;
+
+/// Script calls of one kind in flight at once: one on the wire while the next gathers.
+const BATCH_IN_FLIGHT: usize = 2;
+
+/// One dispatch's part of a batched acquire.
+struct AcquireCall {
+    request: PermitRequest,
+}
+
+/// One release's part of a batched release.
+struct ReleaseCall {
+    lease_id: String,
+    tenant: TenantId,
+    outcome: &'static str,
+    wait_ms: i64,
+}
+
+/// What a batched acquire answers for one dispatch.
+enum Acquired {
+    Granted {
+        lease_id: String,
+        key_id: Option<String>,
+    },
+    Denied {
+        wait_ms: i64,
+    },
+}
+
+/// What a batched release answers for one lease: whether it was still held, and whether it
+/// disabled its key.
+struct Released {
+    newly_disabled: bool,
+}
+
+/// The connection, scripts and names the batch tasks share with the limiter.
+struct Shared {
     settings: LimiterSettings,
     redis: RedisSettings,
     pool: Arc<KeyPool>,
     connection: ConnectionManager,
     acquire: Script,
     release: Script,
+}
+
+/// The [`Limiter`] on Redis.
+///
+/// Acquires and releases that arrive while earlier ones are in flight share the next script
+/// call (see `batch.rs`): each dispatch still takes one round trip, all or nothing.
+pub struct RedisLimiter {
+    shared: Arc<Shared>,
+    acquires: Batcher<AcquireCall, Acquired>,
+    releases: Batcher<ReleaseCall, Released>,
     health: Script,
     submit: Script,
     enable: Script,
 }
 
 impl RedisLimiter {
-    /// Connect to Redis.
+    /// Connect to Redis and start the batch tasks on the current runtime.
     ///
     /// # Errors
     /// [`PortError::Unavailable`] when the URL is invalid or the server cannot be reached.
@@ -187,13 +234,37 @@ impl RedisLimiter {
         let connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(unavailable)?;
-        Ok(Self {
+        let shared = Arc::new(Shared {
             settings,
             redis,
             pool,
             connection,
             acquire: Script::new(include_str!("acquire.lua")),
             release: Script::new(include_str!("release.lua")),
+        });
+
+        let for_acquires = Arc::clone(&shared);
+        let acquires = Batcher::start(
+            BATCH_MAX,
+            BATCH_IN_FLIGHT,
+            Arc::new(move |calls: Vec<AcquireCall>| {
+                let shared = Arc::clone(&for_acquires);
+                Box::pin(async move { shared.acquire_batch(calls).await })
+            }),
+        );
+        let for_releases = Arc::clone(&shared);
+        let releases = Batcher::start(
+            BATCH_MAX,
+            BATCH_IN_FLIGHT,
+            Arc::new(move |calls: Vec<ReleaseCall>| {
+                let shared = Arc::clone(&for_releases);
+                Box::pin(async move { shared.release_batch(calls).await })
+            }),
+        );
+        Ok(Self {
+            shared,
+            acquires,
+            releases,
             health: Script::new(include_str!("health.lua")),
             submit: Script::new(include_str!("submit.lua")),
             enable: Script::new(ENABLE),
@@ -201,7 +272,7 @@ impl RedisLimiter {
     }
 
     fn key(&self, kind: &str, level: &str) -> String {
-        format!("{{{}}}:{kind}:{level}", self.redis.namespace)
+        self.shared.key(kind, level)
     }
 
     /// A level's sorted set of admissions and leases.
@@ -209,22 +280,56 @@ impl RedisLimiter {
         self.key("z", level)
     }
 
+    /// The live lease count of every level.
+    fn counts(&self) -> String {
+        self.shared.counts()
+    }
+
+    /// Every live lease, scored by its expiry.
+    fn index(&self) -> String {
+        self.shared.index()
+    }
+
+    /// Key and group health records.
+    fn health_hash(&self) -> String {
+        self.shared.health_hash()
+    }
+
+    /// Outcomes kept per key: enough for the error rate and latency figures and to count the
+    /// attempts of the last minute, up to [`RECENT_ATTEMPTS_COUNTED`].
+    fn outcomes_kept(&self) -> u32 {
+        self.shared.outcomes_kept()
+    }
+
+    /// Every key name this limiter may write, for tests and operators.
+    pub fn namespace_pattern(&self) -> String {
+        format!("{{{}}}:*", self.shared.redis.namespace)
+    }
+
+    /// The connection, for benchmarks and tests that inspect the keys.
+    pub fn connection(&self) -> ConnectionManager {
+        self.shared.connection.clone()
+    }
+}
+
+impl Shared {
+    fn key(&self, kind: &str, level: &str) -> String {
+        format!("{{{}}}:{kind}:{level}", self.redis.namespace)
+    }
+
     /// A rate-limited level's log of admissions in the window.
     fn log(&self, level: &str) -> String {
         self.key("w", level)
     }
 
-    /// The live lease count of every level, and each key's recent admissions.
     fn counts(&self) -> String {
         format!("{{{}}}:c", self.redis.namespace)
     }
 
-    /// Every live lease, scored by its expiry.
     fn index(&self) -> String {
         format!("{{{}}}:x", self.redis.namespace)
     }
 
-    /// Key and group health records.
     fn health_hash(&self) -> String {
         format!("{{{}}}:h", self.redis.namespace)
     }
@@ -237,20 +342,162 @@ impl RedisLimiter {
         format!("q:{group}")
     }
 
-    /// Outcomes kept per key: enough for the error rate and latency figures and to count the
-    /// attempts of the last minute, up to [`RECENT_ATTEMPTS_COUNTED`].
     fn outcomes_kept(&self) -> u32 {
         self.settings.health_samples.max(RECENT_ATTEMPTS_COUNTED)
     }
 
-    /// Every key name this limiter may write, for tests and operators.
-    pub fn namespace_pattern(&self) -> String {
-        format!("{{{}}}:*", self.redis.namespace)
+    /// One `acquire.lua` call for every dispatch in `calls`, answered in order.
+    async fn acquire_batch(&self, calls: Vec<AcquireCall>) -> PortResult<Vec<Acquired>> {
+        let candidates = if calls.iter().any(|c| c.request.needs_key) {
+            self.pool.candidates().await?
+        } else {
+            Arc::default()
+        };
+        let settings = &self.settings;
+        let set_ttl = ms(settings.max_lease.max(settings.window)) + 1000;
+        // Stale log entries are dropped on about one call in sixteen.
+        let (prune, suffixes) = {
+            let mut rng = rand::thread_rng();
+            let suffixes: Vec<String> = (0..calls.len())
+                .map(|_| format!("{:016x}", rng.gen::<u64>()))
+                .collect();
+            (rng.gen_range(0..16) == 0, suffixes)
+        };
+
+        let mut call = self.acquire.prepare_invoke();
+        call.key(self.counts())
+            .key(self.index())
+            .key(self.health_hash())
+            .key(self.log("g"));
+        for candidate in candidates.iter() {
+            call.key(self.log(&Self::key_level(&candidate.key)))
+                .key(self.log(&Self::group_level(&candidate.group)));
+        }
+        for c in &calls {
+            call.key(self.log(&format!("t:{}", c.request.tenant_id)));
+        }
+        call.arg(ms(settings.window))
+            .arg(ms(settings.busy_retry))
+            .arg(ms(settings.no_key_retry))
+            .arg(limit(settings.global.requests_per_minute))
+            .arg(limit(settings.global.concurrency))
+            .arg(set_ttl)
+            .arg(u8::from(prune))
+            .arg(candidates.len())
+            .arg(calls.len());
+        for candidate in candidates.iter() {
+            call.arg(Self::key_level(&candidate.key))
+                .arg(Self::group_level(&candidate.group))
+                .arg(limit(candidate.key_limits.requests_per_minute))
+                .arg(limit(candidate.key_limits.concurrency))
+                .arg(limit(candidate.group_limits.requests_per_minute))
+                .arg(limit(candidate.group_limits.concurrency));
+        }
+        for (c, suffix) in calls.iter().zip(&suffixes) {
+            let request = &c.request;
+            call.arg(ms(request.lease.min(settings.max_lease)))
+                .arg(suffix)
+                .arg(u8::from(request.needs_key))
+                .arg(limit(request.tenant_rpm))
+                .arg(i64::from(request.tenant_concurrency))
+                .arg(request.tenant_id.as_str());
+        }
+
+        let mut connection = self.connection.clone();
+        let answer: Value = call
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(parts) = answer else {
+            return Err(malformed());
+        };
+        if parts.len() != 3 * calls.len() {
+            return Err(malformed());
+        }
+        parts
+            .chunks(3)
+            .map(|part| match int(&part[0]) {
+                Some(1) => Ok(Acquired::Granted {
+                    lease_id: text(&part[1]).ok_or_else(malformed)?,
+                    key_id: text(&part[2]).filter(|k| !k.is_empty()),
+                }),
+                Some(0) => Ok(Acquired::Denied {
+                    wait_ms: int(&part[1]).ok_or_else(malformed)?,
+                }),
+                _ => Err(malformed()),
+            })
+            .collect()
     }
 
-    /// The connection, for benchmarks and tests that inspect the keys.
-    pub fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+    /// One `release.lua` call for every lease in `calls`, answered in order.
+    async fn release_batch(&self, calls: Vec<ReleaseCall>) -> PortResult<Vec<Released>> {
+        let settings = &self.settings;
+        let mut call = self.release.prepare_invoke();
+        call.key(self.counts())
+            .key(self.index())
+            .key(self.health_hash())
+            .key(self.log("g"));
+        call.arg(settings.failure_threshold)
+            .arg(ms(settings.cooldown))
+            .arg(ms(settings.throttle_cooldown))
+            .arg(self.outcomes_kept())
+            .arg(ms(self.redis.health_ttl))
+            .arg(calls.len());
+        for c in &calls {
+            // The lease id names the key and group it holds (`acquire.lua`).
+            let LeaseLevels { global, key, group } = lease_levels(&c.lease_id);
+            // A lease without a key still declares key names, which the script leaves alone.
+            let key_level = key.as_ref().map_or("k:-".to_owned(), Self::key_level);
+            let group_level = group.as_ref().map_or("q:-".to_owned(), Self::group_level);
+            call.key(self.log(&format!("t:{}", c.tenant)))
+                .key(self.log(&key_level))
+                .key(self.log(&group_level))
+                .key(self.key("s", &key_level));
+
+            let mut fields = vec![format!("t:{}", c.tenant)];
+            if global {
+                fields.push("g".into());
+            }
+            if key.is_some() {
+                fields.push(key_level.clone());
+            }
+            if group.is_some() {
+                fields.push(group_level.clone());
+            }
+            call.arg(&c.lease_id)
+                .arg(c.outcome)
+                .arg(c.wait_ms)
+                .arg(if key.is_some() {
+                    key_level.as_str()
+                } else {
+                    ""
+                })
+                .arg(if group.is_some() {
+                    group_level.as_str()
+                } else {
+                    ""
+                })
+                .arg(fields.len())
+                .arg(fields);
+        }
+
+        let mut connection = self.connection.clone();
+        let answer: Value = call
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(parts) = answer else {
+            return Err(malformed());
+        };
+        if parts.len() != 2 * calls.len() {
+            return Err(malformed());
+        }
+        Ok(parts
+            .chunks(2)
+            .map(|part| Released {
+                newly_disabled: int(&part[1]) == Some(1),
+            })
+            .collect())
     }
 }
 
@@ -264,92 +511,36 @@ impl Limiter for RedisLimiter {
         let wait: i64 = self
             .submit
             .key(self.level(&format!("s:{tenant}")))
-            .arg(ms(self.settings.window))
+            .arg(ms(self.shared.settings.window))
             .arg(i64::from(limit))
             .arg(format!("{:016x}", rand::thread_rng().gen::<u64>()))
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
         Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }
 
     async fn acquire(&self, request: &PermitRequest) -> PortResult<Admission> {
-        let candidates = if request.needs_key {
-            self.pool.candidates().await?
-        } else {
-            Arc::default()
-        };
-        let settings = &self.settings;
-
-        let lease = request.lease.min(settings.max_lease);
-        let set_ttl = ms(lease.max(settings.max_lease).max(settings.window)) + 1000;
-
-        let mut call = self.acquire.prepare_invoke();
-        call.key(self.counts())
-            .key(self.index())
-            .key(self.health_hash())
-            .key(self.log("g"))
-            .key(self.log(&format!("t:{}", request.tenant_id)));
-        for candidate in candidates.iter() {
-            call.key(self.log(&Self::key_level(&candidate.key)))
-                .key(self.log(&Self::group_level(&candidate.group)));
-        }
-        call.arg(ms(lease))
-            .arg(ms(settings.window))
-            .arg(ms(settings.busy_retry))
-            .arg(ms(settings.no_key_retry))
-            .arg(format!("{:016x}", rand::thread_rng().gen::<u64>()))
-            .arg(if request.needs_key { 1 } else { 0 })
-            .arg(limit(settings.global.requests_per_minute))
-            .arg(limit(settings.global.concurrency))
-            .arg(limit(request.tenant_rpm))
-            .arg(i64::from(request.tenant_concurrency))
-            .arg(set_ttl)
-            .arg(format!("t:{}", request.tenant_id))
-            .arg(request.tenant_id.as_str())
-            .arg(candidates.len());
-        for candidate in candidates.iter() {
-            call.arg(Self::key_level(&candidate.key))
-                .arg(Self::group_level(&candidate.group))
-                .arg(limit(candidate.key_limits.requests_per_minute))
-                .arg(limit(candidate.key_limits.concurrency))
-                .arg(limit(candidate.group_limits.requests_per_minute))
-                .arg(limit(candidate.group_limits.concurrency));
-        }
-
-        let mut connection = self.connection.clone();
-        let answer: Value = call
-            .invoke_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
-        let Value::Array(parts) = answer else {
-            return Err(malformed());
-        };
-        match parts.first().and_then(int) {
-            Some(1) => {
-                let lease_id = parts.get(1).and_then(text).ok_or_else(malformed)?;
-                let key_id = parts.get(2).and_then(text).filter(|k| !k.is_empty());
-                Ok(Admission::Granted(Permit {
-                    lease_id,
-                    tenant_id: request.tenant_id.clone(),
-                    key_id,
-                }))
-            }
-            Some(0) => {
-                let wait = parts.get(1).and_then(int).ok_or_else(malformed)?;
-                Ok(Admission::Denied {
-                    retry_after: Duration::from_millis(wait.max(1) as u64),
-                })
-            }
-            _ => Err(malformed()),
-        }
+        let answer = self
+            .acquires
+            .call(AcquireCall {
+                request: request.clone(),
+            })
+            .await?;
+        Ok(match answer {
+            Acquired::Granted { lease_id, key_id } => Admission::Granted(Permit {
+                lease_id,
+                tenant_id: request.tenant_id.clone(),
+                key_id,
+            }),
+            Acquired::Denied { wait_ms } => Admission::Denied {
+                retry_after: Duration::from_millis(wait_ms.max(1) as u64),
+            },
+        })
     }
 
     async fn release(&self, permit: &Permit, outcome: KeyOutcome) -> PortResult<()> {
-        let settings = &self.settings;
-        // The lease id names the key and group it holds (`acquire.lua`).
-        let LeaseLevels { global, key, group } = lease_levels(&permit.lease_id);
-        let (name, wait) = match &outcome {
+        let (name, wait_ms) = match &outcome {
             KeyOutcome::Success => ("success", 0),
             KeyOutcome::Neutral => ("neutral", 0),
             KeyOutcome::Unused => ("unused", 0),
@@ -358,55 +549,24 @@ impl Limiter for RedisLimiter {
             KeyOutcome::Invalid => ("invalid", 0),
             KeyOutcome::QuotaExhausted { resets_at } => {
                 let now = Utc::now();
-                let reset = resets_at.unwrap_or_else(|| settings.next_daily_reset(now));
+                let reset = resets_at.unwrap_or_else(|| self.shared.settings.next_daily_reset(now));
                 ("quota", (reset - now).num_milliseconds().max(0))
             }
         };
 
-        // A lease without a key still declares key names, which the script leaves alone.
-        let key_level = key.as_ref().map_or("k:-".to_owned(), Self::key_level);
-        let group_level = group.as_ref().map_or("q:-".to_owned(), Self::group_level);
-        let mut call = self.release.prepare_invoke();
-        call.key(self.counts())
-            .key(self.index())
-            .key(self.health_hash())
-            .key(self.log("g"))
-            .key(self.log(&format!("t:{}", permit.tenant_id)))
-            .key(self.log(&key_level))
-            .key(self.log(&group_level))
-            .key(self.key("s", &key_level));
-        call.arg(&permit.lease_id)
-            .arg(name)
-            .arg(wait)
-            .arg(settings.failure_threshold)
-            .arg(ms(settings.cooldown))
-            .arg(ms(settings.throttle_cooldown))
-            .arg(self.outcomes_kept())
-            .arg(ms(self.redis.health_ttl))
-            .arg(key.as_ref().map_or(String::new(), Self::key_level))
-            .arg(group.as_ref().map_or(String::new(), Self::group_level))
-            .arg(format!("t:{}", permit.tenant_id));
-        if global {
-            call.arg("g");
-        }
-        if key.is_some() {
-            call.arg(&key_level);
-        }
-        if group.is_some() {
-            call.arg(&group_level);
-        }
-
-        let mut connection = self.connection.clone();
-        let answer: Value = call
-            .invoke_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
-        let Value::Array(parts) = answer else {
-            return Err(malformed());
-        };
-        let disabled = parts.get(1).and_then(int) == Some(1);
-        if let (true, Some(key)) = (disabled, &key) {
-            self.pool
+        let answer = self
+            .releases
+            .call(ReleaseCall {
+                lease_id: permit.lease_id.clone(),
+                tenant: permit.tenant_id.clone(),
+                outcome: name,
+                wait_ms,
+            })
+            .await?;
+        let key = lease_levels(&permit.lease_id).key;
+        if let (true, Some(key)) = (answer.newly_disabled, &key) {
+            self.shared
+                .pool
                 .disable(key, "the upstream rejected the key as invalid or revoked")
                 .await;
         }
@@ -417,7 +577,7 @@ impl Limiter for RedisLimiter {
     }
 
     async fn key_secret(&self, key_id: &str) -> PortResult<Option<SecretString>> {
-        self.pool.secret(key_id).await
+        self.shared.pool.secret(key_id).await
     }
 
     async fn key_health(&self, keys: &[UpstreamKeyId]) -> PortResult<Vec<KeyHealth>> {
@@ -429,19 +589,19 @@ impl Limiter for RedisLimiter {
             .key(self.index())
             .key(self.health_hash());
         for key in keys {
-            call.key(self.key("s", &Self::key_level(key)));
+            call.key(self.key("s", &Shared::key_level(key)));
         }
-        call.arg(ms(self.settings.window))
-            .arg(self.settings.health_samples.max(1))
+        call.arg(ms(self.shared.settings.window))
+            .arg(self.shared.settings.health_samples.max(1))
             .arg(self.outcomes_kept());
         for key in keys {
             // A key without a group has no group cooldown.
-            let group = self.pool.group_of(key).await;
+            let group = self.shared.pool.group_of(key).await;
             call.arg(key.as_str())
                 .arg(group.as_ref().map_or("", QuotaGroupId::as_str));
         }
 
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let answer: Value = call
             .invoke_async(&mut connection)
             .await
@@ -489,13 +649,13 @@ impl Limiter for RedisLimiter {
     }
 
     async fn key_changed(&self, key: Option<&UpstreamKeyId>) -> PortResult<()> {
-        self.pool.invalidate();
+        self.shared.pool.invalidate();
         if let Some(key) = key {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection();
             let removed: Result<i64, _> = self
                 .enable
                 .key(self.health_hash())
-                .arg(Self::key_level(key))
+                .arg(Shared::key_level(key))
                 .invoke_async(&mut connection)
                 .await;
             if let Err(e) = removed {
