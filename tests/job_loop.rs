@@ -1,4 +1,5 @@
-//! The whole job loop on the embedded default: submit, work, poll, download, webhook.
+//! The whole job loop on the embedded default: submit, work, poll, download, webhook, and the
+//! `make demo` walk through it.
 
 use std::time::Duration;
 
@@ -157,4 +158,32 @@ async fn webhook_to_a_private_address_is_refused_at_registration_without_the_loc
         let body: Value = response.json().await.expect("json");
         imagegen_tests::assert_error(status, &body, 400, "INVALID_WEBHOOK_URL");
     }
+}
+
+#[tokio::test]
+async fn the_demo_succeeds_with_a_valid_png_and_a_verified_webhook() {
+    let dir = tempfile::tempdir().expect("dir");
+
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        imagegen_local::demo::run_with(dir.path().to_path_buf(), "a demo in a test", None),
+    )
+    .await
+    .expect("the demo finishes within 30 s")
+    .unwrap_or_else(|e| panic!("the demo failed: {e}"));
+
+    assert!(outcome.job_id.starts_with("job_"), "{}", outcome.job_id);
+    assert_eq!(outcome.provider["provider"], "offline");
+    assert!(outcome.image_path.starts_with(dir.path()));
+    assert_eq!(
+        outcome.image_path.extension().and_then(|e| e.to_str()),
+        Some("png")
+    );
+    let bytes = std::fs::read(&outcome.image_path).expect("the saved image");
+    let (width, height) = decode_png(&bytes);
+    assert!(width > 0 && height > 0, "{width}x{height}");
+    let event = &outcome.webhook_event;
+    assert_eq!(event["type"], "job.succeeded");
+    assert_eq!(event["jobId"], outcome.job_id.as_str());
+    assert!(event["eventId"].as_str().is_some_and(|id| !id.is_empty()));
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -11,6 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
+use imagegen::ports::Provider;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -79,8 +81,11 @@ fn err(context: &str) -> impl Fn(String) -> DemoError + '_ {
 /// Where the demo's results are.
 pub struct DemoOutcome {
     pub job_id: String,
+    /// The downloaded image, named after its sniffed type (`.png`, `.jpg` or `.webp`).
     pub image_path: PathBuf,
     pub provider: Value,
+    /// The webhook event whose signature verified, as its body was received.
+    pub webhook_event: Value,
 }
 
 struct Steps {
@@ -107,18 +112,33 @@ async fn json_of(response: reqwest::Response, expect: u16) -> Result<Value, Demo
     Ok(body)
 }
 
-/// Run the whole demo in `data_dir`. Prints each step with its time.
+/// Run the whole demo in `data_dir` with the provider the environment names (the offline one
+/// unless Gemini is configured). Prints each step with its time.
 ///
 /// # Errors
 /// [`DemoError`] naming the step that failed.
 pub async fn run(data_dir: PathBuf, prompt: &str) -> Result<DemoOutcome, DemoError> {
+    let provider = crate::provider_from_env().map_err(err("provider settings"))?;
+    run_with(data_dir, prompt, provider).await
+}
+
+/// [`run`] with the provider given, `None` for the offline default; tests use it so that no
+/// environment can send the demo to a real upstream.
+///
+/// # Errors
+/// [`DemoError`] naming the step that failed.
+pub async fn run_with(
+    data_dir: PathBuf,
+    prompt: &str,
+    provider: Option<Arc<dyn Provider>>,
+) -> Result<DemoOutcome, DemoError> {
     let mut steps = Steps {
         started: Instant::now(),
     };
     let admin = SecretString::from(format!("demo-admin-{}", std::process::id()));
     let mut config = LocalConfig::new(data_dir.clone(), admin.clone());
     config.loopback_only = true;
-    config.provider = crate::provider_from_env().map_err(err("provider settings"))?;
+    config.provider = provider;
     let runner = Runner::start(config)
         .await
         .map_err(|e| DemoError(format!("runner did not start: {e}")))?;
@@ -262,5 +282,6 @@ pub async fn run(data_dir: PathBuf, prompt: &str) -> Result<DemoOutcome, DemoErr
         job_id,
         image_path,
         provider: job["provider"].clone(),
+        webhook_event: event,
     })
 }

@@ -29,8 +29,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
-/// Every (method, path) the API serves, in the path syntax of `docs/openapi.yaml`. A test
-/// keeps this list, the router and the OpenAPI document in step.
+/// Every (method, path) the API serves, in the path syntax of `docs/openapi.yaml`. Tests in
+/// `tests/openapi.rs` keep this list, the routes registered in this module's files and the
+/// OpenAPI document in step.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/images:generate"),
     ("GET", "/v1/jobs"),
@@ -50,6 +51,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/admin/tenants/{tenantId}/webhook"),
     ("POST", "/v1/admin/tenants/{tenantId}/webhook/secret:rotate"),
     ("POST", "/v1/admin/tenants"),
+    ("GET", "/v1/admin/quota-groups"),
+    ("PUT", "/v1/admin/quota-groups/{groupId}"),
+    ("DELETE", "/v1/admin/quota-groups/{groupId}"),
+    ("GET", "/v1/admin/keys"),
+    ("POST", "/v1/admin/keys"),
+    ("GET", "/v1/admin/keys/{keyId}"),
+    ("PATCH", "/v1/admin/keys/{keyId}"),
+    ("DELETE", "/v1/admin/keys/{keyId}"),
+    ("POST", "/v1/admin/keys/{keyId}:disable"),
+    ("POST", "/v1/admin/keys/{keyId}:enable"),
     ("GET", "/healthz"),
 ];
 
