@@ -10,7 +10,7 @@ use imagegen::domain::{IdempotencyKey, Job, JobId, JobStatus, Mode, Plan, Prompt
 use imagegen::ports::{Queue, QueueConsumer, QueueName};
 use imagegen::service::messages::GenerateMessage;
 use imagegen::service::reconcile::reconcile;
-use imagegen::service::submit::{submit, Submission};
+use imagegen::service::submit::{submit, Deadline, Submission};
 use imagegen_tests::harness::{fast_settings, refused, server_error, throttled, Harness, Step};
 
 fn plan() -> Plan {
@@ -474,7 +474,7 @@ async fn a_job_not_started_by_its_deadline_fails_as_expired() {
     let tenant = h.tenant(plan()).await;
     *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_secs(5));
     let mut late = submission("too late");
-    late.deadline = Some(Utc::now() + chrono::Duration::milliseconds(100));
+    late.deadline = Some(Deadline::after(Duration::from_millis(100), Utc::now()));
     let id = submit(&h.app, &tenant, late, None)
         .await
         .expect("submit")
