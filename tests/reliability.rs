@@ -290,6 +290,71 @@ async fn a_worker_killed_after_the_upstream_answered_is_taken_over_once_its_leas
     );
 }
 
+/// Deliver generate messages until one reaches the blob store, then kill that worker there,
+/// as a crash or a function timeout would: the job stays RUNNING until its lease ends.
+async fn kill_the_worker_mid_attempt(h: &Harness) {
+    h.blobs.hang.store(true, Ordering::SeqCst);
+    loop {
+        let batch = h
+            .queue
+            .receive(QueueName::Generate, 10, h.visibility)
+            .await
+            .expect("receive");
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let app = h.app.clone();
+        let event = imagegen_local::sqs_event(QueueName::Generate, &batch);
+        let mut worker =
+            tokio::spawn(async move { imagegen::handlers::generate_batch(&app, event).await });
+        tokio::select! {
+            () = h.blobs.reached.notified() => {
+                worker.abort();
+                return;
+            }
+            response = &mut worker => {
+                let response = response.expect("worker");
+                for m in &batch {
+                    let failed = response
+                        .batch_item_failures
+                        .iter()
+                        .any(|f| f.item_identifier == m.message_id);
+                    if !failed {
+                        h.queue
+                            .delete(QueueName::Generate, &m.receipt_handle)
+                            .await
+                            .expect("delete");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_dies_on_every_attempt_fails_after_max_attempts_without_more_calls() {
+    let mut settings = fast_settings();
+    settings.max_attempts = 2;
+    let h = Harness::new(settings).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+
+    for _ in 0..2 {
+        kill_the_worker_mid_attempt(&h).await;
+    }
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(
+        done.error.map(|e| e.code),
+        Some(imagegen::domain::ErrorCode::Poison)
+    );
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 2, "no third call");
+    assert_eq!(units(&h, &tenant).await, 0, "a failed job is refunded");
+}
+
 #[tokio::test]
 async fn a_failed_queue_send_after_the_job_write_is_recovered_by_the_reconciler() {
     let h = Harness::new(fast_settings()).await;

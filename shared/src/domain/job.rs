@@ -154,6 +154,8 @@ pub enum TransitionError {
     NotAllowed { from: JobStatus, to: JobStatus },
     #[error("the job's lease is held by another worker")]
     LeaseHeld,
+    #[error("the job has used all {max} of its attempts")]
+    AttemptsExhausted { max: u32 },
 }
 
 impl Job {
@@ -220,10 +222,16 @@ impl Job {
             && self.lease_until.is_some_and(|until| until > now)
     }
 
+    /// Whether every attempt the job may make has been started.
+    pub fn attempts_exhausted(&self) -> bool {
+        self.attempts >= self.max_attempts
+    }
+
     /// Start an attempt: take the lease until `lease_until` and count the attempt.
     ///
     /// # Errors
-    /// Fails when the job is terminal or another worker's lease is still live.
+    /// Fails when the job is terminal, another worker's lease is still live, or the job has
+    /// started all its attempts (a takeover is an attempt too).
     pub fn start(
         &self,
         owner: &str,
@@ -232,6 +240,11 @@ impl Job {
     ) -> Result<Job, TransitionError> {
         if self.lease_blocks(owner, now) {
             return Err(TransitionError::LeaseHeld);
+        }
+        if self.attempts_exhausted() {
+            return Err(TransitionError::AttemptsExhausted {
+                max: self.max_attempts,
+            });
         }
         let mut next = self.moved(JobStatus::Running, now)?;
         next.lease_owner = Some(owner.to_owned());
@@ -421,6 +434,19 @@ mod tests {
         let later = now + Duration::seconds(31);
         let taken = running.start("w2", later + Duration::seconds(30), later);
         assert_eq!(taken.map(|j| j.attempts), Ok(2));
+    }
+
+    #[test]
+    fn a_takeover_after_the_last_attempt_is_refused() {
+        let now = Utc::now();
+        let mut running = queued()
+            .start("w1", now, now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        running.attempts = running.max_attempts;
+
+        let taken = running.start("w2", now + Duration::seconds(30), now);
+
+        assert_eq!(taken, Err(TransitionError::AttemptsExhausted { max: 4 }));
     }
 
     #[test]

@@ -115,6 +115,27 @@ pub async fn process(
             let lease_end = job.lease_until.unwrap_or(now);
             return redelay(app, &job, until(lease_end, now) + Duration::from_secs(1)).await;
         }
+        if job.attempts_exhausted() {
+            // Normally only a takeover gets here (an attempt that ends on its own fails the job
+            // once attempts run out): its workers keep dying mid-attempt, so no more are made.
+            let error = JobError::new(
+                ErrorCode::Poison,
+                format!(
+                    "the job's {} attempts all stopped before they finished",
+                    job.max_attempts
+                ),
+            );
+            match write(app, &job, &job.fail(None, error, now).map_err(transition)?).await? {
+                Some(done) => {
+                    warn!(job_id = %done.id, attempts = done.attempts, "attempts exhausted by takeovers");
+                    return notify(app, &done).await.map_err(WorkError::from);
+                }
+                None => {
+                    job = reread(app, &job).await?;
+                    continue;
+                }
+            }
+        }
 
         let Some(tenant) = app.store.get_tenant(&job.tenant_id).await? else {
             let failed = job
