@@ -445,6 +445,41 @@ async fn a_denied_job_is_redelayed_without_counting_attempts_or_receives() {
 }
 
 #[tokio::test]
+async fn a_job_kept_waiting_for_capacity_across_reconciles_keeps_one_message() {
+    let h = Harness::new(fast_settings()).await;
+    let tenant = h.tenant(plan()).await;
+    *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(100));
+    let id = submit_one(&h, &tenant).await;
+
+    for _ in 0..5 {
+        h.pump(QueueName::Generate).await;
+        reconcile(&h.app, Duration::ZERO, 100)
+            .await
+            .expect("reconcile");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let live = h
+        .queue
+        .receive(QueueName::Generate, 10, h.visibility)
+        .await
+        .expect("receive");
+    let waiting = job(&h, &id).await;
+    *h.limiter.deny_for.lock().expect("deny") = None;
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(
+        live.len(),
+        1,
+        "the job must have one message, not {}",
+        live.len()
+    );
+    assert_eq!(waiting.status, JobStatus::Queued);
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn an_unreadable_message_ends_in_the_dead_letter_queue() {
     let h = Harness::new(fast_settings()).await;
     h.queue

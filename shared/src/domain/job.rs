@@ -130,7 +130,8 @@ pub struct Job {
     pub provider: Option<ProviderInfo>,
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
-    /// Earliest time the next attempt may start (set while RETRYING).
+    /// Earliest time the next attempt may start: set while RETRYING, and while a QUEUED or
+    /// RETRYING job waits for capacity (its message is due then).
     pub not_before: Option<DateTime<Utc>>,
     /// No attempt starts after this; the job then ends FAILED with `EXPIRED`.
     #[serde(default)]
@@ -301,6 +302,29 @@ impl Job {
         let mut next = self.moved(JobStatus::Retrying, now)?;
         next.error = Some(error);
         next.not_before = Some(not_before);
+        Ok(next)
+    }
+
+    /// Record that a waiting job's next message is due at `at` (after the limiter denied it or
+    /// could not be reached), so the reconciler does not take it for stranded meanwhile.
+    ///
+    /// # Errors
+    /// Fails unless the job is QUEUED or RETRYING.
+    pub fn wait_until(
+        &self,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Job, TransitionError> {
+        if !matches!(self.status, JobStatus::Queued | JobStatus::Retrying) {
+            return Err(TransitionError::NotAllowed {
+                from: self.status,
+                to: self.status,
+            });
+        }
+        let mut next = self.clone();
+        next.not_before = Some(at);
+        next.updated_at = now;
+        next.version = self.version + 1;
         Ok(next)
     }
 
