@@ -533,6 +533,35 @@ async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poi
 }
 
 #[tokio::test]
+async fn a_poisoned_message_leaves_alone_a_job_another_worker_is_running() {
+    let h = Harness::new(fast_settings()).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let queued = job(&h, &id).await;
+    let now = Utc::now();
+    let running = queued
+        .start("other-worker", now + chrono::Duration::seconds(60), now)
+        .expect("start");
+    h.app
+        .store
+        .update_job(&queued, &running)
+        .await
+        .expect("write");
+    // The message cannot be re-delayed behind the lease: it fails until it is poison.
+    h.flaky_queue.failing.store(true, Ordering::SeqCst);
+
+    for _ in 0..6 {
+        h.pump(QueueName::Generate).await;
+        tokio::time::sleep(h.visibility + Duration::from_millis(20)).await;
+    }
+    let after = job(&h, &id).await;
+
+    assert_eq!(after.status, JobStatus::Running);
+    assert_eq!(after.lease_owner.as_deref(), Some("other-worker"));
+    assert_eq!(units(&h, &tenant).await, 1, "nothing was refunded");
+}
+
+#[tokio::test]
 async fn canceling_a_running_job_discards_its_result_and_refunds() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
