@@ -715,3 +715,98 @@ async fn with_redis_gone_submissions_are_still_accepted_and_jobs_wait_for_dispat
         .expect("dlq")
         .is_empty());
 }
+
+/// A receiver that notes each request as it arrives and answers 204 only after `delay`, so a
+/// test can act while a delivery is in flight.
+async fn slow_receiver(
+    delay: Duration,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, bytes::Bytes)>>>,
+) {
+    use axum::extract::State;
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<Vec<(String, bytes::Bytes)>>>;
+    let seen: Seen = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
+    let app = axum::Router::new()
+        .route(
+            "/hooks",
+            axum::routing::post(
+                move |State(seen): State<Seen>,
+                      headers: axum::http::HeaderMap,
+                      body: bytes::Bytes| async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.lock().expect("seen").push((id, body));
+                    tokio::time::sleep(delay).await;
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_notice_queued_twice_reaches_the_receiver_with_one_id_and_identical_bytes() {
+    use imagegen::domain::{WebhookEvent, WebhookUrl};
+    use imagegen::service::webhooks::{configure, EndpointSettings};
+
+    let h = Harness::new(fast_settings()).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let done = run_to_end(&h, &id).await;
+    let (url, seen) = slow_receiver(Duration::from_millis(300)).await;
+    configure(
+        &h.app,
+        &tenant.id,
+        EndpointSettings {
+            url: WebhookUrl::parse(&url, true).expect("url"),
+            events: vec![WebhookEvent::JobSucceeded],
+            enabled: true,
+        },
+    )
+    .await
+    .expect("webhook");
+    // A repeated generate step queues the notice again, its body made a little later.
+    imagegen::service::generate::notify(&h.app, &done)
+        .await
+        .expect("notify");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    imagegen::service::generate::notify(&h.app, &done)
+        .await
+        .expect("notify");
+    let copies = h
+        .queue
+        .receive(QueueName::Webhook, 10, Duration::from_secs(30))
+        .await
+        .expect("receive");
+    assert_eq!(copies.len(), 2);
+
+    let app = h.app.clone();
+    let first = imagegen_local::sqs_event(QueueName::Webhook, &copies[..1]);
+    let in_flight =
+        tokio::spawn(async move { imagegen::handlers::webhook_batch(&app, first).await });
+    while seen.lock().expect("seen").is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = imagegen_local::sqs_event(QueueName::Webhook, &copies[1..]);
+    imagegen::handlers::webhook_batch(&h.app, second).await;
+    in_flight.await.expect("first delivery");
+
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 2, "both copies were sent");
+    assert_eq!(seen[0].0, seen[1].0, "one event id");
+    assert_eq!(seen[0].1, seen[1].1, "the same bytes under one id");
+}
