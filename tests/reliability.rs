@@ -810,3 +810,27 @@ async fn a_notice_queued_twice_reaches_the_receiver_with_one_id_and_identical_by
     assert_eq!(seen[0].0, seen[1].0, "one event id");
     assert_eq!(seen[0].1, seen[1].1, "the same bytes under one id");
 }
+
+#[tokio::test]
+async fn finalizing_a_draft_again_after_its_idempotency_record_expired_returns_the_same_job() {
+    let mut settings = fast_settings();
+    settings.idempotency_ttl = Duration::ZERO;
+    let h = Harness::new(settings).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let draft = run_to_end(&h, &id).await;
+
+    let first = imagegen::service::finalize::finalize(&h.app, &tenant, &draft)
+        .await
+        .expect("finalize");
+    let draft = job(&h, &id).await;
+    let again = imagegen::service::finalize::finalize(&h.app, &tenant, &draft)
+        .await
+        .expect("finalize again");
+
+    assert!(first.created);
+    assert!(!again.created, "no second final job");
+    assert_eq!(first.job.id, again.job.id);
+    assert_eq!(draft.final_job_id.as_ref(), Some(&first.job.id));
+    assert_eq!(units(&h, &tenant).await, 2, "the draft and one final job");
+}

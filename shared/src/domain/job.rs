@@ -142,6 +142,9 @@ pub struct Job {
     pub usage_day: UsageDay,
     /// Set once the terminal notice has been handed to the webhook queue.
     pub notified: bool,
+    /// On a finalized draft: its final job, kept for good (the idempotency record expires).
+    #[serde(default)]
+    pub final_job_id: Option<JobId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Bumped by every write; stores accept a write only on the version they read.
@@ -189,6 +192,7 @@ impl Job {
             charged: true,
             usage_day: now.date_naive(),
             notified: false,
+            final_job_id: None,
             created_at: now,
             updated_at: now,
             version: 0,
@@ -386,6 +390,15 @@ impl Job {
     pub fn mark_notified(&self, now: DateTime<Utc>) -> Job {
         let mut next = self.clone();
         next.notified = true;
+        next.updated_at = now;
+        next.version = self.version + 1;
+        next
+    }
+
+    /// Record the final job made from this draft.
+    pub fn with_final_job(&self, final_job_id: JobId, now: DateTime<Utc>) -> Job {
+        let mut next = self.clone();
+        next.final_job_id = Some(final_job_id);
         next.updated_at = now;
         next.version = self.version + 1;
         next
