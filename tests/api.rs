@@ -631,3 +631,28 @@ async fn submissions_over_the_plans_requests_per_minute_get_429_with_retry_after
     assert_eq!(other_status, 202);
     assert_eq!(usage["units"], 2, "a refused submission reserves nothing");
 }
+
+#[tokio::test]
+async fn a_local_runner_refuses_loopback_webhooks_unless_told_to_allow_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = imagegen_local::LocalConfig::new(
+        dir.path().to_path_buf(),
+        secrecy::SecretString::from("test-admin-token".to_owned()),
+    );
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.tenant().await;
+
+    let response = app
+        .http
+        .put(app.url("/v1/webhook"))
+        .bearer_auth(&tenant.key)
+        .json(&json!({ "url": "http://127.0.0.1:9/hooks" }))
+        .send()
+        .await
+        .expect("put webhook");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+
+    assert_error(status, &body, 400, "INVALID_WEBHOOK_URL");
+    app.shutdown().await;
+}

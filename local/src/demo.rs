@@ -117,6 +117,8 @@ pub async fn run(data_dir: PathBuf, prompt: &str) -> Result<DemoOutcome, DemoErr
     };
     let admin = SecretString::from(format!("demo-admin-{}", std::process::id()));
     let mut config = LocalConfig::new(data_dir.clone(), admin.clone());
+    // The demo's webhook receiver is on loopback, and nothing else may be called.
+    config.allow_loopback = true;
     config.loopback_only = true;
     config.provider = crate::provider_from_env().map_err(err("provider settings"))?;
     let runner = Runner::start(config)
