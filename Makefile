@@ -9,7 +9,7 @@ demo:
 
 ## Serve the API locally until Ctrl-C, printing a tenant key and a curl example.
 run:
-	$(CARGO) run --quiet -p imagegen-local -- serve
+	IMAGEGEN_ALLOW_LOOPBACK=1 $(CARGO) run --quiet -p imagegen-local -- serve
 
 ## Everything CI checks: formatting, lints, the template lint, every test (the AWS adapters on
 ## moto and the Redis limiter on a redis-server, both started by the tests), and API fuzzing.

@@ -12,7 +12,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 data=$(mktemp -d)
 admin="schemathesis-admin-$$"
 # Fuzzed URLs may name public addresses: the runner must never call them.
-IMAGEGEN_OUTBOUND=loopback-only IMAGEGEN_ADMIN_TOKEN="$admin" "$bin" serve --data "$data" --port "$port" >"$data/serve.log" 2>&1 &
+IMAGEGEN_ALLOW_LOOPBACK=1 IMAGEGEN_OUTBOUND=loopback-only IMAGEGEN_ADMIN_TOKEN="$admin" "$bin" serve --data "$data" --port "$port" >"$data/serve.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 

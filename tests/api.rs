@@ -327,6 +327,33 @@ async fn same_idempotency_key_and_body_returns_the_same_job() {
 }
 
 #[tokio::test]
+async fn same_key_and_body_with_a_deadline_sent_a_second_later_returns_the_same_job() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant().await;
+    let body = json!({ "prompt": "same", "deadlineSeconds": 600 });
+    let send = || {
+        app.http
+            .post(app.url("/v1/images:generate"))
+            .bearer_auth(&tenant.key)
+            .header("idempotency-key", "deadline-retry")
+            .json(&body)
+            .send()
+    };
+
+    let first = send().await.expect("first");
+    let first_status = first.status();
+    let first: Value = first.json().await.expect("json");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = send().await.expect("again");
+    let again_status = again.status();
+    let again: Value = again.json().await.expect("json");
+
+    assert_eq!(first_status, 202);
+    assert_eq!(again_status, 202, "the retry was refused: {again}");
+    assert_eq!(first["jobId"], again["jobId"]);
+}
+
+#[tokio::test]
 async fn idempotency_keys_are_scoped_per_tenant() {
     let app = TestApp::spawn().await;
     let a = app.tenant().await;
@@ -603,4 +630,29 @@ async fn submissions_over_the_plans_requests_per_minute_get_429_with_retry_after
     assert!((1..=61).contains(&retry_after), "Retry-After {retry_after}");
     assert_eq!(other_status, 202);
     assert_eq!(usage["units"], 2, "a refused submission reserves nothing");
+}
+
+#[tokio::test]
+async fn a_local_runner_refuses_loopback_webhooks_unless_told_to_allow_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = imagegen_local::LocalConfig::new(
+        dir.path().to_path_buf(),
+        secrecy::SecretString::from("test-admin-token".to_owned()),
+    );
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.tenant().await;
+
+    let response = app
+        .http
+        .put(app.url("/v1/webhook"))
+        .bearer_auth(&tenant.key)
+        .json(&json!({ "url": "http://127.0.0.1:9/hooks" }))
+        .send()
+        .await
+        .expect("put webhook");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+
+    assert_error(status, &body, 400, "INVALID_WEBHOOK_URL");
+    app.shutdown().await;
 }

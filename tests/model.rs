@@ -170,6 +170,12 @@ impl World {
                     job.status
                 ));
             }
+            if job.attempts > job.max_attempts {
+                return Err(format!(
+                    "{id}: {} attempts, more than the {} allowed",
+                    job.attempts, job.max_attempts
+                ));
+            }
             let should_hold = !matches!(job.status, JobStatus::Failed | JobStatus::Canceled);
             if job.charged != should_hold {
                 return Err(format!("{id}: charged={} in {:?}", job.charged, job.status));

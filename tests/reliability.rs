@@ -10,7 +10,7 @@ use imagegen::domain::{IdempotencyKey, Job, JobId, JobStatus, Mode, Plan, Prompt
 use imagegen::ports::{Queue, QueueConsumer, QueueName};
 use imagegen::service::messages::GenerateMessage;
 use imagegen::service::reconcile::reconcile;
-use imagegen::service::submit::{submit, Submission};
+use imagegen::service::submit::{submit, Deadline, Submission};
 use imagegen_tests::harness::{fast_settings, refused, server_error, throttled, Harness, Step};
 
 fn plan() -> Plan {
@@ -290,6 +290,71 @@ async fn a_worker_killed_after_the_upstream_answered_is_taken_over_once_its_leas
     );
 }
 
+/// Deliver generate messages until one reaches the blob store, then kill that worker there,
+/// as a crash or a function timeout would: the job stays RUNNING until its lease ends.
+async fn kill_the_worker_mid_attempt(h: &Harness) {
+    h.blobs.hang.store(true, Ordering::SeqCst);
+    loop {
+        let batch = h
+            .queue
+            .receive(QueueName::Generate, 10, h.visibility)
+            .await
+            .expect("receive");
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let app = h.app.clone();
+        let event = imagegen_local::sqs_event(QueueName::Generate, &batch);
+        let mut worker =
+            tokio::spawn(async move { imagegen::handlers::generate_batch(&app, event).await });
+        tokio::select! {
+            () = h.blobs.reached.notified() => {
+                worker.abort();
+                return;
+            }
+            response = &mut worker => {
+                let response = response.expect("worker");
+                for m in &batch {
+                    let failed = response
+                        .batch_item_failures
+                        .iter()
+                        .any(|f| f.item_identifier == m.message_id);
+                    if !failed {
+                        h.queue
+                            .delete(QueueName::Generate, &m.receipt_handle)
+                            .await
+                            .expect("delete");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_dies_on_every_attempt_fails_after_max_attempts_without_more_calls() {
+    let mut settings = fast_settings();
+    settings.max_attempts = 2;
+    let h = Harness::new(settings).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+
+    for _ in 0..2 {
+        kill_the_worker_mid_attempt(&h).await;
+    }
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(
+        done.error.map(|e| e.code),
+        Some(imagegen::domain::ErrorCode::Poison)
+    );
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 2, "no third call");
+    assert_eq!(units(&h, &tenant).await, 0, "a failed job is refunded");
+}
+
 #[tokio::test]
 async fn a_failed_queue_send_after_the_job_write_is_recovered_by_the_reconciler() {
     let h = Harness::new(fast_settings()).await;
@@ -380,6 +445,41 @@ async fn a_denied_job_is_redelayed_without_counting_attempts_or_receives() {
 }
 
 #[tokio::test]
+async fn a_job_kept_waiting_for_capacity_across_reconciles_keeps_one_message() {
+    let h = Harness::new(fast_settings()).await;
+    let tenant = h.tenant(plan()).await;
+    *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(100));
+    let id = submit_one(&h, &tenant).await;
+
+    for _ in 0..5 {
+        h.pump(QueueName::Generate).await;
+        reconcile(&h.app, Duration::ZERO, 100)
+            .await
+            .expect("reconcile");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let live = h
+        .queue
+        .receive(QueueName::Generate, 10, h.visibility)
+        .await
+        .expect("receive");
+    let waiting = job(&h, &id).await;
+    *h.limiter.deny_for.lock().expect("deny") = None;
+    let done = run_to_end(&h, &id).await;
+
+    assert_eq!(
+        live.len(),
+        1,
+        "the job must have one message, not {}",
+        live.len()
+    );
+    assert_eq!(waiting.status, JobStatus::Queued);
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn an_unreadable_message_ends_in_the_dead_letter_queue() {
     let h = Harness::new(fast_settings()).await;
     h.queue
@@ -433,6 +533,35 @@ async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poi
 }
 
 #[tokio::test]
+async fn a_poisoned_message_leaves_alone_a_job_another_worker_is_running() {
+    let h = Harness::new(fast_settings()).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let queued = job(&h, &id).await;
+    let now = Utc::now();
+    let running = queued
+        .start("other-worker", now + chrono::Duration::seconds(60), now)
+        .expect("start");
+    h.app
+        .store
+        .update_job(&queued, &running)
+        .await
+        .expect("write");
+    // The message cannot be re-delayed behind the lease: it fails until it is poison.
+    h.flaky_queue.failing.store(true, Ordering::SeqCst);
+
+    for _ in 0..6 {
+        h.pump(QueueName::Generate).await;
+        tokio::time::sleep(h.visibility + Duration::from_millis(20)).await;
+    }
+    let after = job(&h, &id).await;
+
+    assert_eq!(after.status, JobStatus::Running);
+    assert_eq!(after.lease_owner.as_deref(), Some("other-worker"));
+    assert_eq!(units(&h, &tenant).await, 1, "nothing was refunded");
+}
+
+#[tokio::test]
 async fn canceling_a_running_job_discards_its_result_and_refunds() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
@@ -474,7 +603,7 @@ async fn a_job_not_started_by_its_deadline_fails_as_expired() {
     let tenant = h.tenant(plan()).await;
     *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_secs(5));
     let mut late = submission("too late");
-    late.deadline = Some(Utc::now() + chrono::Duration::milliseconds(100));
+    late.deadline = Some(Deadline::after(Duration::from_millis(100), Utc::now()));
     let id = submit(&h.app, &tenant, late, None)
         .await
         .expect("submit")
@@ -585,4 +714,123 @@ async fn with_redis_gone_submissions_are_still_accepted_and_jobs_wait_for_dispat
         .await
         .expect("dlq")
         .is_empty());
+}
+
+/// A receiver that notes each request as it arrives and answers 204 only after `delay`, so a
+/// test can act while a delivery is in flight.
+async fn slow_receiver(
+    delay: Duration,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, bytes::Bytes)>>>,
+) {
+    use axum::extract::State;
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<Vec<(String, bytes::Bytes)>>>;
+    let seen: Seen = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
+    let app = axum::Router::new()
+        .route(
+            "/hooks",
+            axum::routing::post(
+                move |State(seen): State<Seen>,
+                      headers: axum::http::HeaderMap,
+                      body: bytes::Bytes| async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.lock().expect("seen").push((id, body));
+                    tokio::time::sleep(delay).await;
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_notice_queued_twice_reaches_the_receiver_with_one_id_and_identical_bytes() {
+    use imagegen::domain::{WebhookEvent, WebhookUrl};
+    use imagegen::service::webhooks::{configure, EndpointSettings};
+
+    let h = Harness::new(fast_settings()).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let done = run_to_end(&h, &id).await;
+    let (url, seen) = slow_receiver(Duration::from_millis(300)).await;
+    configure(
+        &h.app,
+        &tenant.id,
+        EndpointSettings {
+            url: WebhookUrl::parse(&url, true).expect("url"),
+            events: vec![WebhookEvent::JobSucceeded],
+            enabled: true,
+        },
+    )
+    .await
+    .expect("webhook");
+    // A repeated generate step queues the notice again, its body made a little later.
+    imagegen::service::generate::notify(&h.app, &done)
+        .await
+        .expect("notify");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    imagegen::service::generate::notify(&h.app, &done)
+        .await
+        .expect("notify");
+    let copies = h
+        .queue
+        .receive(QueueName::Webhook, 10, Duration::from_secs(30))
+        .await
+        .expect("receive");
+    assert_eq!(copies.len(), 2);
+
+    let app = h.app.clone();
+    let first = imagegen_local::sqs_event(QueueName::Webhook, &copies[..1]);
+    let in_flight =
+        tokio::spawn(async move { imagegen::handlers::webhook_batch(&app, first).await });
+    while seen.lock().expect("seen").is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = imagegen_local::sqs_event(QueueName::Webhook, &copies[1..]);
+    imagegen::handlers::webhook_batch(&h.app, second).await;
+    in_flight.await.expect("first delivery");
+
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 2, "both copies were sent");
+    assert_eq!(seen[0].0, seen[1].0, "one event id");
+    assert_eq!(seen[0].1, seen[1].1, "the same bytes under one id");
+}
+
+#[tokio::test]
+async fn finalizing_a_draft_again_after_its_idempotency_record_expired_returns_the_same_job() {
+    let mut settings = fast_settings();
+    settings.idempotency_ttl = Duration::ZERO;
+    let h = Harness::new(settings).await;
+    let tenant = h.tenant(plan()).await;
+    let id = submit_one(&h, &tenant).await;
+    let draft = run_to_end(&h, &id).await;
+
+    let first = imagegen::service::finalize::finalize(&h.app, &tenant, &draft)
+        .await
+        .expect("finalize");
+    let draft = job(&h, &id).await;
+    let again = imagegen::service::finalize::finalize(&h.app, &tenant, &draft)
+        .await
+        .expect("finalize again");
+
+    assert!(first.created);
+    assert!(!again.created, "no second final job");
+    assert_eq!(first.job.id, again.job.id);
+    assert_eq!(draft.final_job_id.as_ref(), Some(&first.job.id));
+    assert_eq!(units(&h, &tenant).await, 2, "the draft and one final job");
 }

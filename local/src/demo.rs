@@ -137,6 +137,8 @@ pub async fn run_with(
     };
     let admin = SecretString::from(format!("demo-admin-{}", std::process::id()));
     let mut config = LocalConfig::new(data_dir.clone(), admin.clone());
+    // The demo's webhook receiver is on loopback, and nothing else may be called.
+    config.allow_loopback = true;
     config.loopback_only = true;
     config.provider = provider;
     let runner = Runner::start(config)

@@ -43,7 +43,9 @@ pub struct LocalConfig {
     pub data_dir: PathBuf,
     pub bind: SocketAddr,
     pub admin_token: SecretString,
-    /// Allow webhooks and image URLs on loopback and plain http (local demos and tests).
+    /// Allow webhooks and image URLs on loopback and plain http (local demos and tests). Off
+    /// unless asked for: `serve` turns it on with `IMAGEGEN_ALLOW_LOOPBACK=1` (`make run` sets
+    /// it), the demo turns it on for its own receiver.
     pub allow_loopback: bool,
     /// Refuse every outbound address but loopback (fuzzing and tests: no traffic leaves).
     pub loopback_only: bool,
@@ -66,7 +68,7 @@ impl LocalConfig {
             data_dir,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token,
-            allow_loopback: true,
+            allow_loopback: false,
             loopback_only: false,
             workers: true,
             visibility: Duration::from_secs(180),

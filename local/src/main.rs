@@ -1,7 +1,8 @@
 //! `imagegen-local`: the local runner.
 //!
 //! - `imagegen-local serve [--data DIR] [--port N]`: serve the API until Ctrl-C, printing a
-//!   tenant key and a curl example (`make run`).
+//!   tenant key and a curl example (`make run`). Webhook and image URLs on loopback or plain
+//!   http are refused unless `IMAGEGEN_ALLOW_LOOPBACK=1` (`make run` sets it).
 //! - `imagegen-local demo [--data DIR]`: run the end-to-end demo and exit (`make demo`).
 
 use std::net::SocketAddr;
@@ -99,6 +100,13 @@ async fn serve(args: Args) -> ExitCode {
         .unwrap_or_else(|_| SecretString::from(format!("local-admin-{}", ulid_like())));
     let mut config = LocalConfig::new(data, admin_token.clone());
     config.bind = SocketAddr::from(([127, 0, 0, 1], args.port));
+    config.allow_loopback = match loopback_flag(std::env::var("IMAGEGEN_ALLOW_LOOPBACK").ok()) {
+        Ok(allow) => allow,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     config.loopback_only = std::env::var("IMAGEGEN_OUTBOUND").is_ok_and(|v| v == "loopback-only");
     config.provider = match imagegen_local::provider_from_env() {
         Ok(p) => p,
@@ -143,9 +151,35 @@ async fn serve(args: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `IMAGEGEN_ALLOW_LOOPBACK`: loopback and plain-http webhook and image URLs are accepted only
+/// when it is `1` or `true`.
+fn loopback_flag(raw: Option<String>) -> Result<bool, String> {
+    match raw.as_deref().map(str::trim) {
+        None | Some("" | "0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(format!(
+            "IMAGEGEN_ALLOW_LOOPBACK must be 1, true, 0 or false, not {other:?}"
+        )),
+    }
+}
+
 fn ulid_like() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_flag;
+
+    #[test]
+    fn loopback_is_allowed_only_when_the_variable_says_so() {
+        assert_eq!(loopback_flag(None), Ok(false));
+        assert_eq!(loopback_flag(Some("0".into())), Ok(false));
+        assert_eq!(loopback_flag(Some("1".into())), Ok(true));
+        assert_eq!(loopback_flag(Some("true".into())), Ok(true));
+        assert!(loopback_flag(Some("yes please".into())).is_err());
+    }
 }

@@ -61,7 +61,7 @@ async fn generate_one(app: &App, record: &SqsMessage, message_id: &str) -> bool 
             let receives = receive_count(record);
             warn!(job_id = %message.job_id, receives, error = %e, "generate step failed");
             if receives >= app.settings.poison_receives {
-                fail_poisoned(app, &message).await;
+                fail_poisoned(app, &message, message_id).await;
             }
             false
         }
@@ -69,13 +69,20 @@ async fn generate_one(app: &App, record: &SqsMessage, message_id: &str) -> bool 
 }
 
 /// End a job whose message keeps failing for reasons of our own, so it does not sit QUEUED
-/// for ever while its message goes to the dead-letter queue.
-async fn fail_poisoned(app: &App, message: &GenerateMessage) {
+/// for ever while its message goes to the dead-letter queue. A job another worker is running
+/// under a live lease is left to that worker: this copy of the message is not its only one.
+async fn fail_poisoned(app: &App, message: &GenerateMessage, message_id: &str) {
     let Ok(Some(job)) = app.store.get_job(&message.job_id).await else {
         return;
     };
+    let now = Utc::now();
+    let owner = format!("{}/{}", app.worker_id, message_id);
+    if job.lease_blocks(&owner, now) {
+        warn!(job_id = %job.id, "poisoned message dropped; another worker holds the job");
+        return;
+    }
     let error = JobError::new(ErrorCode::Poison, "the job could not be processed");
-    let Ok(failed) = job.fail(None, error, Utc::now()) else {
+    let Ok(failed) = job.fail(None, error, now) else {
         return;
     };
     if let Ok(WriteOutcome::Written) = app.store.update_job(&job, &failed).await {

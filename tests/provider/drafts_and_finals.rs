@@ -19,6 +19,24 @@ fn gemini(fake: &FakeGemini) -> Arc<GeminiProvider> {
     Arc::new(GeminiProvider::new(settings).expect("provider"))
 }
 
+/// Upload `bytes` as a reference image and return its `upload://` reference.
+async fn upload(env: &harness::Env, bytes: Vec<u8>) -> String {
+    let (status, ticket) = env.post("/v1/uploads", json!({})).await;
+    assert_eq!(status, 201, "{ticket}");
+    let put = env
+        .http
+        .put(ticket["uploadUrl"].as_str().expect("upload url"))
+        .body(bytes)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status().as_u16(), 200);
+    ticket["inputImageUrl"]
+        .as_str()
+        .expect("reference")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_gemini_job_records_provider_model_latency_and_usage() {
     let fake = FakeGemini::start().await;
@@ -104,8 +122,9 @@ async fn finalizing_a_succeeded_draft_makes_one_final_job_with_the_same_prompt()
     let fake = FakeGemini::start().await;
     fake.always(Reply::ok(answer_with(vec![image_part(&png())])));
     let env = harness::start(Some(gemini(&fake)), true, true).await;
+    let reference = upload(&env, png()).await;
     let draft = env
-        .submit(json!({ "prompt": "a lighthouse", "mode": "draft" }))
+        .submit(json!({ "prompt": "a lighthouse", "mode": "draft", "inputImageUrl": reference }))
         .await;
     env.settle(&draft, Duration::from_secs(20)).await;
 
@@ -130,6 +149,16 @@ async fn finalizing_a_succeeded_draft_makes_one_final_job_with_the_same_prompt()
     assert_eq!(
         calls[1].body["contents"][0]["parts"][0]["text"],
         "a lighthouse"
+    );
+    let image = &calls[1].body["contents"][0]["parts"][1]["inline_data"];
+    assert_eq!(
+        image["mime_type"], "image/png",
+        "the final job has the draft's image"
+    );
+    assert_eq!(image["data"], b64(&png()));
+    assert_eq!(
+        calls[0].body["contents"][0]["parts"][1],
+        calls[1].body["contents"][0]["parts"][1]
     );
     env.runner.shutdown().await;
 }

@@ -298,6 +298,59 @@ async fn per_day_429_rests_the_key_until_the_quota_resets_but_not_the_job() {
     }
 }
 
+/// The next 08:00 UTC (midnight Pacific standard time), when per-day quotas reset.
+fn next_daily_reset(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    let today = now
+        .date_naive()
+        .and_hms_opt(8, 0, 0)
+        .expect("08:00")
+        .and_utc();
+    if today > now {
+        today
+    } else {
+        today + chrono::Duration::days(1)
+    }
+}
+
+#[tokio::test]
+async fn per_day_429_with_a_short_retry_delay_rests_the_key_until_the_daily_reset() {
+    let body = error_body(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details. For more \
+         information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n\
+         * Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, \
+         limit: 100, model: gemini-2.5-flash-image",
+        vec![
+            quota_failure(
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            ),
+            help_link(),
+            retry_info("43s"),
+        ],
+    );
+    let before = chrono::Utc::now();
+
+    let error = failure(Reply::status(429, body)).await;
+
+    let want = next_daily_reset(before).max(before + chrono::Duration::seconds(43));
+    assert_eq!(error.error.code, ErrorCode::UpstreamRateLimited);
+    assert_eq!(
+        error.retry_after, None,
+        "the job may try another key at once"
+    );
+    match error.key_outcome {
+        KeyOutcome::QuotaExhausted {
+            resets_at: Some(at),
+        } => {
+            let off = (at - want).num_seconds().abs();
+            assert!(off <= 5, "key rests until {at}, want about {want}");
+        }
+        other => panic!("expected QuotaExhausted, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_429_without_details_uses_the_retry_after_header() {
     let reply = Reply::Json {
@@ -349,6 +402,41 @@ async fn a_revoked_key_403_disables_the_key() {
     let error = failure(Reply::status(403, body)).await;
 
     assert_eq!(error.key_outcome, KeyOutcome::Invalid);
+}
+
+#[tokio::test]
+async fn a_403_naming_an_api_key_reason_disables_the_key() {
+    for reason in ["API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"] {
+        let body = error_body(
+            403,
+            "PERMISSION_DENIED",
+            "Requests to this API generativelanguage.googleapis.com method \
+             google.ai.generativelanguage.v1beta.GenerativeService.GenerateContent are blocked.",
+            vec![error_info(reason)],
+        );
+
+        let error = failure(Reply::status(403, body)).await;
+
+        assert_eq!(error.key_outcome, KeyOutcome::Invalid, "{reason}");
+        assert_eq!(error.error.code, ErrorCode::UpstreamKeyRejected, "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn a_permission_denied_403_about_the_request_is_final_and_leaves_the_key_alone() {
+    let body = error_body(
+        403,
+        "PERMISSION_DENIED",
+        "The caller does not have permission",
+        vec![],
+    );
+
+    let error = failure(Reply::status(403, body)).await;
+
+    assert_eq!(error.key_outcome, KeyOutcome::Neutral);
+    assert_eq!(error.error.code, ErrorCode::UpstreamError);
+    assert_eq!(error.error.class(), FailureClass::Final);
+    assert!(error.error.message.contains("does not have permission"));
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ pub struct TestTenant {
 pub fn config(data_dir: PathBuf) -> LocalConfig {
     let mut config = LocalConfig::new(data_dir, SecretString::from("test-admin-token".to_owned()));
     config.visibility = Duration::from_secs(2);
+    // Tests send webhooks to receivers on loopback, and nowhere else.
+    config.allow_loopback = true;
     config.loopback_only = true;
     config
 }

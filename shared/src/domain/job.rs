@@ -130,7 +130,8 @@ pub struct Job {
     pub provider: Option<ProviderInfo>,
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
-    /// Earliest time the next attempt may start (set while RETRYING).
+    /// Earliest time the next attempt may start: set while RETRYING, and while a QUEUED or
+    /// RETRYING job waits for capacity (its message is due then).
     pub not_before: Option<DateTime<Utc>>,
     /// No attempt starts after this; the job then ends FAILED with `EXPIRED`.
     #[serde(default)]
@@ -141,6 +142,9 @@ pub struct Job {
     pub usage_day: UsageDay,
     /// Set once the terminal notice has been handed to the webhook queue.
     pub notified: bool,
+    /// On a finalized draft: its final job, kept for good (the idempotency record expires).
+    #[serde(default)]
+    pub final_job_id: Option<JobId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Bumped by every write; stores accept a write only on the version they read.
@@ -154,6 +158,8 @@ pub enum TransitionError {
     NotAllowed { from: JobStatus, to: JobStatus },
     #[error("the job's lease is held by another worker")]
     LeaseHeld,
+    #[error("the job has used all {max} of its attempts")]
+    AttemptsExhausted { max: u32 },
 }
 
 impl Job {
@@ -186,6 +192,7 @@ impl Job {
             charged: true,
             usage_day: now.date_naive(),
             notified: false,
+            final_job_id: None,
             created_at: now,
             updated_at: now,
             version: 0,
@@ -220,10 +227,16 @@ impl Job {
             && self.lease_until.is_some_and(|until| until > now)
     }
 
+    /// Whether every attempt the job may make has been started.
+    pub fn attempts_exhausted(&self) -> bool {
+        self.attempts >= self.max_attempts
+    }
+
     /// Start an attempt: take the lease until `lease_until` and count the attempt.
     ///
     /// # Errors
-    /// Fails when the job is terminal or another worker's lease is still live.
+    /// Fails when the job is terminal, another worker's lease is still live, or the job has
+    /// started all its attempts (a takeover is an attempt too).
     pub fn start(
         &self,
         owner: &str,
@@ -232,6 +245,11 @@ impl Job {
     ) -> Result<Job, TransitionError> {
         if self.lease_blocks(owner, now) {
             return Err(TransitionError::LeaseHeld);
+        }
+        if self.attempts_exhausted() {
+            return Err(TransitionError::AttemptsExhausted {
+                max: self.max_attempts,
+            });
         }
         let mut next = self.moved(JobStatus::Running, now)?;
         next.lease_owner = Some(owner.to_owned());
@@ -288,6 +306,29 @@ impl Job {
         let mut next = self.moved(JobStatus::Retrying, now)?;
         next.error = Some(error);
         next.not_before = Some(not_before);
+        Ok(next)
+    }
+
+    /// Record that a waiting job's next message is due at `at` (after the limiter denied it or
+    /// could not be reached), so the reconciler does not take it for stranded meanwhile.
+    ///
+    /// # Errors
+    /// Fails unless the job is QUEUED or RETRYING.
+    pub fn wait_until(
+        &self,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Job, TransitionError> {
+        if !matches!(self.status, JobStatus::Queued | JobStatus::Retrying) {
+            return Err(TransitionError::NotAllowed {
+                from: self.status,
+                to: self.status,
+            });
+        }
+        let mut next = self.clone();
+        next.not_before = Some(at);
+        next.updated_at = now;
+        next.version = self.version + 1;
         Ok(next)
     }
 
@@ -349,6 +390,15 @@ impl Job {
     pub fn mark_notified(&self, now: DateTime<Utc>) -> Job {
         let mut next = self.clone();
         next.notified = true;
+        next.updated_at = now;
+        next.version = self.version + 1;
+        next
+    }
+
+    /// Record the final job made from this draft.
+    pub fn with_final_job(&self, final_job_id: JobId, now: DateTime<Utc>) -> Job {
+        let mut next = self.clone();
+        next.final_job_id = Some(final_job_id);
         next.updated_at = now;
         next.version = self.version + 1;
         next
@@ -421,6 +471,19 @@ mod tests {
         let later = now + Duration::seconds(31);
         let taken = running.start("w2", later + Duration::seconds(30), later);
         assert_eq!(taken.map(|j| j.attempts), Ok(2));
+    }
+
+    #[test]
+    fn a_takeover_after_the_last_attempt_is_refused() {
+        let now = Utc::now();
+        let mut running = queued()
+            .start("w1", now, now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        running.attempts = running.max_attempts;
+
+        let taken = running.start("w2", now + Duration::seconds(30), now);
+
+        assert_eq!(taken, Err(TransitionError::AttemptsExhausted { max: 4 }));
     }
 
     #[test]

@@ -189,15 +189,17 @@ async fn generate(
 }
 
 /// A deadline `seconds` from now: at least one second, at most `max`.
-fn deadline_in(seconds: u64, max: std::time::Duration) -> Result<chrono::DateTime<Utc>, ApiError> {
+fn deadline_in(seconds: u64, max: std::time::Duration) -> Result<submit::Deadline, ApiError> {
     if seconds == 0 || seconds > max.as_secs() {
         return Err(ApiError::bad(
             ErrorCode::InvalidDeadline,
             format!("deadlineSeconds must be from 1 to {}", max.as_secs()),
         ));
     }
-    let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
-    Ok(Utc::now() + chrono::Duration::seconds(seconds))
+    Ok(submit::Deadline::after(
+        std::time::Duration::from_secs(seconds),
+        Utc::now(),
+    ))
 }
 
 /// `/v1/jobs/{jobId}` and its actions (`/v1/jobs/{jobId}:cancel`): the action rides on the

@@ -406,19 +406,18 @@ impl ErrorStatus {
             })
     }
 
+    /// Whether the answer blames the API key itself: a 401, an `API_KEY_*` reason (invalid,
+    /// expired, blocked for this service, referrer or address), or a key reported as leaked.
+    /// Any other 403 is about what the project may do, which another key will not change.
     fn key_rejected(&self, http: u16) -> bool {
-        let bad_reasons = [
-            "API_KEY_INVALID",
-            "API_KEY_EXPIRED",
-            "API_KEY_SERVICE_BLOCKED",
-        ];
+        let about_the_key =
+            |reason: &str| reason.starts_with("API_KEY_") || reason.contains("LEAKED");
         http == 401
-            || http == 403
             || self.status == "UNAUTHENTICATED"
-            || self.status == "PERMISSION_DENIED"
-            || self.reasons().iter().any(|r| bad_reasons.contains(r))
+            || self.reasons().iter().any(|r| about_the_key(r))
             || self.message.contains("API key not valid")
             || self.message.contains("API key expired")
+            || self.message.contains("API key was reported as leaked")
     }
 }
 
@@ -471,7 +470,10 @@ fn classify_error(status: u16, body: &[u8], header_hint: Option<Duration>) -> Pr
 
     if status == 429 {
         if parsed.daily_quota() {
-            let rest = hint.unwrap_or_else(|| until_daily_reset(Utc::now()));
+            // RetryInfo on a per-day quota is often seconds: trusting it alone wakes the key
+            // into another 429. It rests until the later of the hint and the daily reset.
+            let reset = until_daily_reset(Utc::now());
+            let rest = hint.map_or(reset, |hint| hint.max(reset));
             return ProviderError {
                 error: JobError::new(
                     ErrorCode::UpstreamRateLimited,
@@ -500,6 +502,13 @@ fn classify_error(status: u16, body: &[u8], header_hint: Option<Duration>) -> Pr
             ErrorCode::UpstreamKeyRejected,
             "the upstream refused the API key; another key will be tried",
             KeyOutcome::Invalid,
+        );
+    }
+    if status == 403 {
+        return failure(
+            ErrorCode::UpstreamError,
+            format!("the upstream denied permission for this request ({said})"),
+            KeyOutcome::Neutral,
         );
     }
     let (code, key_outcome) = match status {

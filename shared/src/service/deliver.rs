@@ -85,6 +85,14 @@ fn already_made(history: &[EventDeliveries], message: &WebhookMessage) -> bool {
         .any(|a| a.round == message.round && a.attempt == message.attempt)
 }
 
+/// The body recorded for `event_id`, if the event is in the log.
+fn recorded_body(history: &[EventDeliveries], event_id: &str) -> Option<String> {
+    history
+        .iter()
+        .find(|e| e.event.event_id == event_id)
+        .map(|e| e.event.body.clone())
+}
+
 /// Deliver one webhook attempt.
 ///
 /// # Errors
@@ -112,16 +120,30 @@ pub async fn process(app: &App, message: &WebhookMessage) -> Result<(), WorkErro
         info!(event_id = %message.event_id, attempt = message.attempt, "attempt already made");
         return Ok(());
     }
-    app.deliveries
-        .record_event(&WebhookEventRecord {
-            event_id: message.event_id.clone(),
-            job_id: message.job_id.clone(),
-            tenant_id: message.tenant_id.clone(),
-            event_type: kind,
-            body: message.body.clone(),
-            created_at: now,
-        })
-        .await?;
+    // A job's notice can be queued more than once (a repeated generate step), each copy with
+    // a body made at its own time. The first body recorded is the event's; every send of this
+    // id carries exactly those bytes.
+    let body = match recorded_body(&history, &message.event_id) {
+        Some(body) => body,
+        None => {
+            app.deliveries
+                .record_event(&WebhookEventRecord {
+                    event_id: message.event_id.clone(),
+                    job_id: message.job_id.clone(),
+                    tenant_id: message.tenant_id.clone(),
+                    event_type: kind,
+                    body: message.body.clone(),
+                    created_at: now,
+                })
+                .await?;
+            let history = app.deliveries.for_job(&message.job_id).await?;
+            recorded_body(&history, &message.event_id).unwrap_or_else(|| message.body.clone())
+        }
+    };
+    let message = &WebhookMessage {
+        body,
+        ..message.clone()
+    };
 
     let tenant = app.store.get_tenant(&message.tenant_id).await?;
     let Some(hook) = tenant.and_then(|t| t.webhook).filter(|h| h.enabled) else {

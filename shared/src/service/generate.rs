@@ -44,14 +44,18 @@ fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (at - now).to_std().unwrap_or(Duration::ZERO)
 }
 
+/// `delay`, shortened so the job wakes up in time to expire at its deadline.
+fn capped(job: &Job, delay: Duration) -> Duration {
+    match job.deadline {
+        Some(deadline) => delay.min(until(deadline, Utc::now()) + Duration::from_millis(10)),
+        None => delay,
+    }
+}
+
 /// Put a fresh message for the job on the queue to arrive after `delay`. A fresh message
 /// (rather than leaving the current one invisible) keeps waiting from counting receives.
 async fn redelay(app: &App, job: &Job, delay: Duration) -> Result<(), WorkError> {
-    // Never sleep past the deadline: the job must be there to expire on time.
-    let delay = match job.deadline {
-        Some(deadline) => delay.min(until(deadline, Utc::now()) + Duration::from_millis(10)),
-        None => delay,
-    };
+    let delay = capped(job, delay);
     let message = GenerateMessage {
         job_id: job.id.clone(),
         tenant_id: job.tenant_id.clone(),
@@ -59,6 +63,23 @@ async fn redelay(app: &App, job: &Job, delay: Duration) -> Result<(), WorkError>
     let body = serde_json::to_string(&message).map_err(|e| PortError::Internal(e.to_string()))?;
     app.queue.send(QueueName::Generate, &body, delay).await?;
     Ok(())
+}
+
+/// Make a job that may not start yet wait `delay`: write when its message is due, then queue
+/// that message. The write is what keeps the reconciler from queuing another copy while the
+/// job waits. Returns false when another writer changed the job first.
+async fn wait_for_capacity(app: &App, job: &Job, delay: Duration) -> Result<bool, WorkError> {
+    let delay = capped(job, delay);
+    let now = Utc::now();
+    let due = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    let waiting = job.wait_until(due, now).map_err(transition)?;
+    match write(app, job, &waiting).await? {
+        Some(waiting) => {
+            redelay(app, &waiting, delay).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// Handle one generate message. `message_id` names the delivery; `receive_count` is how many
@@ -115,6 +136,27 @@ pub async fn process(
             let lease_end = job.lease_until.unwrap_or(now);
             return redelay(app, &job, until(lease_end, now) + Duration::from_secs(1)).await;
         }
+        if job.attempts_exhausted() {
+            // Normally only a takeover gets here (an attempt that ends on its own fails the job
+            // once attempts run out): its workers keep dying mid-attempt, so no more are made.
+            let error = JobError::new(
+                ErrorCode::Poison,
+                format!(
+                    "the job's {} attempts all stopped before they finished",
+                    job.max_attempts
+                ),
+            );
+            match write(app, &job, &job.fail(None, error, now).map_err(transition)?).await? {
+                Some(done) => {
+                    warn!(job_id = %done.id, attempts = done.attempts, "attempts exhausted by takeovers");
+                    return notify(app, &done).await.map_err(WorkError::from);
+                }
+                None => {
+                    job = reread(app, &job).await?;
+                    continue;
+                }
+            }
+        }
 
         let Some(tenant) = app.store.get_tenant(&job.tenant_id).await? else {
             let failed = job
@@ -138,11 +180,19 @@ pub async fn process(
             Ok(Admission::Granted(permit)) => permit,
             Ok(Admission::Denied { retry_after }) => {
                 info!(job_id = %job.id, wait_ms = retry_after.as_millis() as u64, "job waits for capacity");
-                return redelay(app, &job, retry_after).await;
+                if wait_for_capacity(app, &job, retry_after).await? {
+                    return Ok(());
+                }
+                job = reread(app, &job).await?;
+                continue;
             }
             Err(e) => {
                 warn!(job_id = %job.id, error = %e, "limiter unreachable; job waits");
-                return redelay(app, &job, app.settings.limiter_down_wait).await;
+                if wait_for_capacity(app, &job, app.settings.limiter_down_wait).await? {
+                    return Ok(());
+                }
+                job = reread(app, &job).await?;
+                continue;
             }
         };
 

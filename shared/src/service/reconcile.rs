@@ -14,8 +14,10 @@ use crate::domain::JobStatus;
 use crate::ports::{PortError, PortResult, QueueName};
 use crate::service::messages::GenerateMessage;
 
-/// Re-queue jobs idle for longer than `idle`: QUEUED or RETRYING ones whose wait is over,
-/// and RUNNING ones whose lease has ended. Returns how many were re-queued.
+/// Re-queue jobs idle for longer than `idle`: QUEUED or RETRYING ones whose wait ended more
+/// than `idle` ago, and RUNNING ones whose lease has ended. A job waiting for capacity records
+/// when its message is due (`not_before`), so a job that is merely waiting is never re-queued
+/// and its one message is never joined by copies. Returns how many were re-queued.
 ///
 /// # Errors
 /// [`PortError`] when the store fails.
@@ -25,7 +27,8 @@ pub async fn reconcile(app: &App, idle: Duration, limit: u32) -> PortResult<usiz
     let mut requeued = 0;
     for status in [JobStatus::Queued, JobStatus::Retrying, JobStatus::Running] {
         for job in app.store.stale_jobs(status, before, limit).await? {
-            let waiting = job.not_before.is_some_and(|at| at > now);
+            // A message due at `not_before` gets `idle` to be picked up, like any other step.
+            let waiting = job.not_before.is_some_and(|at| at > before);
             let leased = job.lease_until.is_some_and(|until| until > now);
             if waiting || leased {
                 continue;

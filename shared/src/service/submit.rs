@@ -22,17 +22,40 @@ pub struct Submission {
     /// An http(s) URL or an upload reference (`upload://upl_...`).
     pub input_image_url: Option<ImageSource>,
     /// No attempt starts after this.
-    pub deadline: Option<chrono::DateTime<Utc>>,
+    pub deadline: Option<Deadline>,
+}
+
+/// A submission's deadline, both as the client sent it (a wait from submission) and as the job
+/// keeps it (an instant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// The wait the client asked for; the request hash uses this, so a retry sent later
+    /// still matches.
+    pub after: Duration,
+    pub at: chrono::DateTime<Utc>,
+}
+
+impl Deadline {
+    /// The deadline `after` from `now`.
+    pub fn after(after: Duration, now: chrono::DateTime<Utc>) -> Self {
+        let at = chrono::Duration::from_std(after)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        Self { after, at }
+    }
 }
 
 impl Submission {
-    /// Hash of the canonical request, to tell a retried request from a different one.
+    /// Hash of the canonical request, to tell a retried request from a different one. The
+    /// deadline enters as the client sent it (relative), never as the instant it became.
     pub fn request_hash(&self) -> String {
+        // The key stays "deadline" so requests without one hash as they always did.
         let canonical = json!({
             "prompt": self.prompt.as_str(),
             "mode": self.mode.as_str(),
             "inputImageUrl": self.input_image_url.as_ref().map(ImageSource::as_str),
-            "deadline": self.deadline,
+            "deadline": self.deadline.map(|d| d.after.as_millis() as u64),
         });
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
@@ -92,7 +115,7 @@ pub async fn submit(
         app.settings.max_attempts,
         now,
     );
-    job.deadline = submission.deadline;
+    job.deadline = submission.deadline.map(|d| d.at);
     let claim = idempotency_key.map(|key| IdempotencyClaim {
         key,
         request_hash: request_hash.clone(),
