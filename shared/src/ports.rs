@@ -245,6 +245,16 @@ pub struct SignedUrl {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An object read with a size limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundedRead {
+    Found(Bytes),
+    /// The object is larger than the limit; it was not read.
+    TooLarge {
+        size: u64,
+    },
+}
+
 /// Image storage.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
@@ -260,13 +270,32 @@ pub trait BlobStore: Send + Sync {
     /// [`PortError`] when the store fails.
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>>;
 
+    /// Read an object back only if it is at most `max_bytes` long, checking its size before
+    /// reading it (client uploads can be any size); `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`PortError`] when the store fails.
+    async fn get_at_most(&self, key: &str, max_bytes: usize) -> PortResult<Option<BoundedRead>> {
+        Ok(self.get(key).await?.map(|bytes| {
+            if bytes.len() > max_bytes {
+                BoundedRead::TooLarge {
+                    size: bytes.len() as u64,
+                }
+            } else {
+                BoundedRead::Found(bytes)
+            }
+        }))
+    }
+
     /// A fresh URL that lets anyone GET the object for `ttl`.
     ///
     /// # Errors
     /// [`PortError`] when signing fails.
     async fn signed_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl>;
 
-    /// A fresh URL that lets anyone PUT one object under `key` for `ttl` (client uploads).
+    /// A fresh URL that lets anyone PUT one object under `key` for `ttl` (client uploads). The
+    /// URL does not bind a content type or a size: the reader sniffs the type from the bytes and
+    /// caps the size with [`BlobStore::get_at_most`].
     ///
     /// # Errors
     /// [`PortError`] when signing fails or the store cannot take uploads.

@@ -15,9 +15,10 @@ use imagegen::blob::FsBlobStore;
 use imagegen::domain::{
     ErrorCode, IdempotencyKey, Job, JobError, JobStatus, Mode, Plan, Prompt, Tenant, TenantId,
 };
+use imagegen::fetch::{self, FetchError, UploadId};
 use imagegen::ports::{
-    BlobStore, CreateOutcome, IdempotencyClaim, JobStore, Queue, QueueConsumer, QueueName,
-    SecretStore, WriteOutcome,
+    BlobStore, BoundedRead, CreateOutcome, IdempotencyClaim, JobStore, Queue, QueueConsumer,
+    QueueName, SecretStore, WriteOutcome,
 };
 use imagegen::queue::sqs::SqsQueue;
 use imagegen::queue::SqliteQueue;
@@ -668,6 +669,112 @@ on_both!(
     fs_blobs(),
     s3_blobs().await
 );
+
+async fn a_bounded_read_refuses_an_object_over_the_limit_without_returning_it(
+    blobs: Arc<dyn BlobStore>,
+) {
+    let key = "uploads/ten_1/upl_big";
+    let bytes = Bytes::from(vec![7u8; 64]);
+    blobs
+        .put(key, bytes.clone(), "application/octet-stream")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let over = blobs.get_at_most(key, 63).await.ok().flatten();
+    let exact = blobs.get_at_most(key, 64).await.ok().flatten();
+    let missing = blobs.get_at_most("uploads/ten_1/none", 64).await.ok();
+
+    assert_eq!(over, Some(BoundedRead::TooLarge { size: 64 }));
+    assert_eq!(exact, Some(BoundedRead::Found(bytes)));
+    assert_eq!(missing, Some(None));
+}
+on_both!(
+    bounded_reads,
+    a_bounded_read_refuses_an_object_over_the_limit_without_returning_it,
+    fs_blobs(),
+    s3_blobs().await
+);
+
+/// A tiny valid PNG header followed by filler: enough for the type sniffer.
+fn png_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.resize(len, 0);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_put_to_a_presigned_upload_url_are_read_by_the_job_path_within_the_cap() {
+    let blobs = s3_blobs().await;
+    let tenant = TenantId::generate();
+    let (fits, too_big) = (UploadId::generate(), UploadId::generate());
+    let client = reqwest::Client::new();
+
+    let mut urls = Vec::new();
+    for (id, len) in [(&fits, 2048), (&too_big, 4096)] {
+        let signed = blobs
+            .signed_put_url(&id.blob_key(&tenant), Duration::from_secs(300))
+            .await
+            .unwrap_or_else(|e| panic!("signing an upload: {e}"));
+        let put = client
+            .put(&signed.url)
+            .header("content-type", "image/png")
+            .body(png_bytes(len))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(put.status().is_success(), "PUT answered {}", put.status());
+        urls.push(signed);
+    }
+    let read = fetch::read_upload(blobs.as_ref(), &tenant, &fits, 3000).await;
+    let refused = fetch::read_upload(blobs.as_ref(), &tenant, &too_big, 3000).await;
+    let other_tenant = fetch::read_upload(blobs.as_ref(), &TenantId::generate(), &fits, 3000).await;
+
+    assert!(urls[0].url.contains("X-Amz-Signature="), "{}", urls[0].url);
+    assert!(urls[0].expires_at <= Utc::now() + chrono::Duration::seconds(300));
+    let image = read.unwrap_or_else(|e| panic!("upload not readable: {e}"));
+    assert_eq!(image.mime_type, "image/png");
+    assert_eq!(image.bytes.len(), 2048);
+    assert!(matches!(
+        refused,
+        Err(FetchError::Refused(ErrorCode::PayloadTooLarge, _))
+    ));
+    assert!(matches!(
+        other_tenant,
+        Err(FetchError::Refused(ErrorCode::InvalidImageUrl, _))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slot_on_aws_takes_a_put_and_a_job_naming_it_is_accepted() {
+    let (app, _) = aws_app().await;
+    let tenant = imagegen::service::admin::create_tenant(&app, "uploader", Plan::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .tenant;
+
+    let ticket = imagegen::service::inputs::create_upload(&app, &tenant.id)
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/uploads would fail: {e}"));
+    let put = reqwest::Client::new()
+        .put(&ticket.upload_url)
+        .body(png_bytes(512))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let source =
+        fetch::ImageSource::parse(&ticket.input_image_url, false).unwrap_or_else(|e| panic!("{e}"));
+    let checked = imagegen::service::inputs::check_source(&app, &tenant.id, &source).await;
+    let mut job = job(&tenant.id);
+    job.input_image_url = Some(ticket.input_image_url.clone());
+    let loaded = imagegen::service::inputs::load_for(&app, &job).await;
+
+    assert!(put.status().is_success(), "PUT answered {}", put.status());
+    assert!(checked.is_ok(), "{checked:?}");
+    let loaded = loaded
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .map(|i| i.bytes.len());
+    assert_eq!(loaded, Some(512));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_url_serves_the_image_with_its_content_type() {
