@@ -41,13 +41,20 @@ pub struct IdempotencyClaim {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
     Created,
-    /// The idempotency key was already used: by this job id, for this request hash.
+    /// The idempotency key was already used: by this job id, for this request hash. The job's
+    /// status when it was created and its creation time come from the idempotency record, so
+    /// a repeat is answered without reading the job.
     Duplicate {
         job_id: JobId,
         request_hash: String,
+        status: JobStatus,
+        created_at: DateTime<Utc>,
     },
     /// The tenant's daily cap is reached; nothing was written.
     DailyCapReached,
+    /// Another request with the same idempotency key is being written right now and kept
+    /// winning the race for the record; nothing was written. Retry shortly.
+    IdempotencyInProgress,
 }
 
 /// What a conditional write did.

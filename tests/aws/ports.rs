@@ -192,24 +192,37 @@ async fn twenty_concurrent_creates_with_one_key_make_one_job(store: Arc<dyn JobS
         let job = job(&tenant);
         tasks.spawn(async move {
             let outcome = store.create_job(&job, Some(&claim("one-key")), 100).await;
-            (job.id, outcome)
+            (job, outcome)
         });
     }
 
     let mut created = Vec::new();
     let mut duplicates = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        let (id, outcome) = done.unwrap_or_else(|e| panic!("{e}"));
+        let (job, outcome) = done.unwrap_or_else(|e| panic!("{e}"));
         match outcome.unwrap_or_else(|e| panic!("create failed: {e}")) {
-            CreateOutcome::Created => created.push(id),
-            CreateOutcome::Duplicate { job_id, .. } => duplicates.push(job_id),
-            CreateOutcome::DailyCapReached => panic!("cap reached"),
+            CreateOutcome::Created => created.push(job),
+            CreateOutcome::Duplicate {
+                job_id,
+                status,
+                created_at,
+                ..
+            } => duplicates.push((job_id, status, created_at)),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
     assert_eq!(created.len(), 1, "exactly one create wins");
     assert_eq!(duplicates.len(), 19);
-    assert!(duplicates.iter().all(|id| id == &created[0]));
+    let winner = (
+        created[0].id.clone(),
+        JobStatus::Queued,
+        created[0].created_at,
+    );
+    assert!(
+        duplicates.iter().all(|d| d == &winner),
+        "each repeat is answered from the record, as first created: {duplicates:?}"
+    );
     let today = Utc::now().date_naive();
     assert_eq!(store.usage(&tenant, today).await.ok(), Some(1));
 }
