@@ -44,11 +44,16 @@ impl LazyRedisLimiter {
         }
     }
 
-    /// Try to connect now, so a reachable Redis costs the first request nothing.
+    /// Try to connect now, so a reachable Redis costs the first request nothing. Bounded by
+    /// one call's timeout: Lambda gives init 10 s, and a silent address would otherwise use
+    /// them up in connection retries.
     pub async fn warm_up(&self) {
-        if let Err(e) = self.limiter().await {
-            warn!(error = %e, "redis unreachable at cold start; dispatch waits until it answers");
-        }
+        let error = match tokio::time::timeout(self.redis.timeout, self.limiter()).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within the timeout".to_owned(),
+        };
+        warn!(error = %error, "redis unreachable at cold start; dispatch waits until it answers");
     }
 
     /// Whether a connection has been made.
