@@ -510,7 +510,7 @@ const WEBHOOK_CALLS: &[(&str, u32)] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cold_start_with_redis_unreachable_still_accepts_jobs_and_redelays_dispatch() {
+async fn a_cold_start_with_redis_unreachable_accepts_jobs_and_waits_until_redis_answers() {
     let mut stack = Stack::new(5).await;
     let port = LocalRedisServer::free_port().unwrap_or_else(|e| panic!("{e}"));
     stack.settings.redis = Some(redis_target(format!("redis://127.0.0.1:{port}"), &stack));
@@ -574,6 +574,29 @@ async fn a_cold_start_with_redis_unreachable_still_accepts_jobs_and_redelays_dis
         dispatch_calls.get("SQS.SendMessage"),
         Some(&1),
         "the job was re-delayed: {dispatch_calls:?}"
+    );
+
+    // Redis comes up on that port: a later call connects, with no restart.
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+    let mut admitted = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(answer) = app.limiter.admit_submission(&tenant.tenant.id, 100).await {
+            admitted = Some(answer);
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        admitted,
+        Some(None),
+        "the limiter connected once Redis was up"
     );
 }
 
