@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use url::Url;
 
 use crate::domain::{ErrorCode, TenantId, ValueError, WebhookUrl};
-use crate::ports::{BlobStore, InputImage, PortError};
+use crate::ports::{BlobStore, BoundedRead, InputImage, PortError};
 use crate::webhook::{GuardError, OutboundPolicy};
 
 /// The scheme a job uses to name an upload instead of a URL.
@@ -273,16 +273,26 @@ pub async fn read_upload(
     id: &UploadId,
     max_bytes: usize,
 ) -> Result<InputImage, FetchError> {
-    let bytes = blobs.get(&id.blob_key(tenant)).await?.ok_or_else(|| {
-        FetchError::Refused(
-            ErrorCode::InvalidImageUrl,
-            format!(
-                "nothing was uploaded as {}; PUT the image to the upload URL first",
-                id.as_str()
-            ),
-        )
-    })?;
-    accepted(bytes, max_bytes)
+    // The upload URL cannot limit what is PUT to it, so the size is checked before the read.
+    let read = blobs
+        .get_at_most(&id.blob_key(tenant), max_bytes)
+        .await?
+        .ok_or_else(|| {
+            FetchError::Refused(
+                ErrorCode::InvalidImageUrl,
+                format!(
+                    "nothing was uploaded as {}; PUT the image to the upload URL first",
+                    id.as_str()
+                ),
+            )
+        })?;
+    match read {
+        BoundedRead::Found(bytes) => accepted(bytes, max_bytes),
+        BoundedRead::TooLarge { .. } => Err(FetchError::Refused(
+            ErrorCode::PayloadTooLarge,
+            format!("input image is larger than {max_bytes} bytes"),
+        )),
+    }
 }
 
 /// Load a job's reference image from wherever it lives.

@@ -41,13 +41,20 @@ pub struct IdempotencyClaim {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
     Created,
-    /// The idempotency key was already used: by this job id, for this request hash.
+    /// The idempotency key was already used: by this job id, for this request hash. The job's
+    /// status when it was created and its creation time come from the idempotency record, so
+    /// a repeat is answered without reading the job.
     Duplicate {
         job_id: JobId,
         request_hash: String,
+        status: JobStatus,
+        created_at: DateTime<Utc>,
     },
     /// The tenant's daily cap is reached; nothing was written.
     DailyCapReached,
+    /// Another request with the same idempotency key is being written right now and kept
+    /// winning the race for the record; nothing was written. Retry shortly.
+    IdempotencyInProgress,
 }
 
 /// What a conditional write did.
@@ -245,6 +252,16 @@ pub struct SignedUrl {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An object read with a size limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundedRead {
+    Found(Bytes),
+    /// The object is larger than the limit; it was not read.
+    TooLarge {
+        size: u64,
+    },
+}
+
 /// Image storage.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
@@ -260,13 +277,32 @@ pub trait BlobStore: Send + Sync {
     /// [`PortError`] when the store fails.
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>>;
 
+    /// Read an object back only if it is at most `max_bytes` long, checking its size before
+    /// reading it (client uploads can be any size); `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`PortError`] when the store fails.
+    async fn get_at_most(&self, key: &str, max_bytes: usize) -> PortResult<Option<BoundedRead>> {
+        Ok(self.get(key).await?.map(|bytes| {
+            if bytes.len() > max_bytes {
+                BoundedRead::TooLarge {
+                    size: bytes.len() as u64,
+                }
+            } else {
+                BoundedRead::Found(bytes)
+            }
+        }))
+    }
+
     /// A fresh URL that lets anyone GET the object for `ttl`.
     ///
     /// # Errors
     /// [`PortError`] when signing fails.
     async fn signed_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl>;
 
-    /// A fresh URL that lets anyone PUT one object under `key` for `ttl` (client uploads).
+    /// A fresh URL that lets anyone PUT one object under `key` for `ttl` (client uploads). The
+    /// URL does not bind a content type or a size: the reader sniffs the type from the bytes and
+    /// caps the size with [`BlobStore::get_at_most`].
     ///
     /// # Errors
     /// [`PortError`] when signing fails or the store cannot take uploads.

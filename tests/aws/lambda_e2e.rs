@@ -1,8 +1,9 @@
 //! The `make demo` scenario through the Lambda handlers on the AWS adapters (moto's server):
 //! API Gateway v2 events go through `lambda_http`'s adapter into the shared router, real SQS
 //! batches go to the generate and webhook handlers, the PNG is fetched through its presigned
-//! S3 URL and the webhook is verified with the `standardwebhooks` crate. The AWS calls each
-//! step makes are counted and printed (recorded in `docs/benchmarks.md`).
+//! S3 URL and the webhook is verified with the `standardwebhooks` crate. The limiter is the
+//! Redis one, on a throwaway `redis-server`, as in a deployment. The AWS calls each step makes
+//! are counted and printed (recorded in `docs/benchmarks.md`).
 //!
 //! Run with `cargo test -p imagegen-aws-tests --test lambda_e2e -- --nocapture`.
 
@@ -20,8 +21,13 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
-use imagegen::ports::QueueName;
-use imagegen_aws_tests::Stack;
+use imagegen::aws::RedisTarget;
+use imagegen::domain::JobId;
+use imagegen::limiter::redis_server::LocalRedisServer;
+use imagegen::limiter::RedisSettings;
+use imagegen::ports::{JobStore, QueueName};
+use imagegen::store::dynamo::DynamoStore;
+use imagegen_aws_tests::{CallCounter, Stack};
 
 /// An API Gateway HTTP API (payload 2.0) event, shaped like `events/submit.json`.
 fn http_event(
@@ -128,7 +134,13 @@ async fn hook_receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>
 
 /// Receive a batch from SQS as Lambda's event source mapping would, hand it to `handle`, and
 /// delete what the partial batch response does not name. Returns how many messages came.
-async fn drive_queue<F, Fut>(stack: &Stack, queue: QueueName, handle: F) -> usize
+/// `sqs` is a client whose calls are not counted: Lambda makes these, not our code.
+async fn drive_queue<F, Fut>(
+    stack: &Stack,
+    sqs: &aws_sdk_sqs::Client,
+    queue: QueueName,
+    handle: F,
+) -> usize
 where
     F: Fn(SqsEvent) -> Fut,
     Fut: std::future::Future<Output = aws_lambda_events::event::sqs::SqsBatchResponse>,
@@ -137,9 +149,7 @@ where
         QueueName::Generate => stack.settings.queues.generate.clone(),
         QueueName::Webhook => stack.settings.queues.webhook.clone(),
     };
-    let received = stack
-        .clients
-        .sqs
+    let received = sqs
         .receive_message()
         .queue_url(&url)
         .max_number_of_messages(10)
@@ -176,10 +186,7 @@ where
             .iter()
             .any(|f| Some(&f.item_identifier) == message.message_id.as_ref());
         if !failed {
-            stack
-                .clients
-                .sqs
-                .delete_message()
+            sqs.delete_message()
                 .queue_url(&url)
                 .receipt_handle(message.receipt_handle.clone().unwrap_or_default())
                 .send()
@@ -201,9 +208,38 @@ fn report(step: &str, calls: &BTreeMap<String, u32>) {
     println!("aws calls | {step:<32} | {total:>2} | {calls:?}");
 }
 
+/// Redis settings for `url` under a namespace of the test's own.
+fn redis_target(url: String, stack: &Stack) -> RedisTarget {
+    let mut redis = RedisSettings::new(url.into());
+    redis.namespace = format!("e2e-{}", stack.id);
+    RedisTarget(redis)
+}
+
+/// Every key the limiter wrote under the test's namespace.
+async fn limiter_keys(url: &str, stack: &Stack) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("{e}"));
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{e2e-{}}}:*", stack.id))
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    keys.sort();
+    keys
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_scenario_runs_through_the_lambda_handlers_on_aws_adapters() {
-    let stack = Stack::new(5).await;
+    let redis = LocalRedisServer::start(&[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut stack = Stack::new(5).await;
+    stack.settings.redis = Some(redis_target(redis.url(), &stack));
+    // The test's own reads (is the job done?) and Lambda's receives and deletes go through
+    // clients whose calls are not counted.
+    let quiet = imagegen_aws_tests::clients(&CallCounter::default()).await;
+    let quiet_store = DynamoStore::new(quiet.dynamo.clone(), stack.tables());
     let built = imagegen::aws::app_from_parts(stack.settings.clone(), stack.clients.clone())
         .await
         .unwrap_or_else(|e| panic!("cold start failed: {e}"));
@@ -307,6 +343,12 @@ async fn demo_scenario_runs_through_the_lambda_handlers_on_aws_adapters() {
         .to_owned();
     assert_eq!(again.status, 202);
     assert_eq!(again.body["jobId"].as_str(), Some(job_id.as_str()));
+    assert_eq!(again.body["status"], "QUEUED", "the first answer, again");
+    let after_submit = limiter_keys(&redis.url(), &stack).await;
+    assert!(
+        !after_submit.is_empty(),
+        "the submission was counted in Redis, not in-process"
+    );
     assert_eq!(
         submitted.headers["location"].as_str(),
         Some(format!("/v1/jobs/{job_id}").as_str())
@@ -314,15 +356,16 @@ async fn demo_scenario_runs_through_the_lambda_handlers_on_aws_adapters() {
 
     // The generate function works the queue until the job is done.
     let mut batches = 0;
+    let mut messages = 0;
     loop {
-        let handled = drive_queue(&stack, QueueName::Generate, |event| {
+        let handled = drive_queue(&stack, &quiet.sqs, QueueName::Generate, |event| {
             imagegen::handlers::generate_batch(&app, event)
         })
         .await;
         batches += 1;
-        let job = app
-            .store
-            .get_job(&imagegen::domain::JobId::parse(&job_id).unwrap_or_else(|| panic!("id")))
+        messages += handled;
+        let job = quiet_store
+            .get_job(&JobId::parse(&job_id).unwrap_or_else(|| panic!("id")))
             .await
             .ok()
             .flatten();
@@ -334,7 +377,14 @@ async fn demo_scenario_runs_through_the_lambda_handlers_on_aws_adapters() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    report("generate (one message)", &calls(&stack));
+    let generate_calls = calls(&stack);
+    report("generate (one message)", &generate_calls);
+    assert_eq!(messages, 1, "one message ran the job");
+    let after_generate = limiter_keys(&redis.url(), &stack).await;
+    assert!(
+        after_generate.len() > after_submit.len(),
+        "dispatch took its permits in Redis: {after_submit:?} then {after_generate:?}"
+    );
 
     // Poll: SUCCEEDED, with a fresh presigned URL serving the PNG.
     let path = format!("/v1/jobs/{job_id}");
@@ -377,11 +427,12 @@ async fn demo_scenario_runs_through_the_lambda_handlers_on_aws_adapters() {
     calls(&stack);
 
     // The webhook function delivers the signed event.
-    let delivered = drive_queue(&stack, QueueName::Webhook, |event| {
+    let delivered = drive_queue(&stack, &quiet.sqs, QueueName::Webhook, |event| {
         imagegen::handlers::webhook_batch(&app, event)
     })
     .await;
-    report("webhook (one message)", &calls(&stack));
+    let webhook_calls = calls(&stack);
+    report("webhook (one message)", &webhook_calls);
     assert_eq!(delivered, 1);
     let (hook_headers, hook_body) = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
         .await
@@ -423,8 +474,129 @@ async fn demo_scenario_runs_through_the_lambda_handlers_on_aws_adapters() {
     assert_eq!(total(&warm_calls), 2, "warm: write, send: {warm_calls:?}");
     assert_eq!(
         total(&duplicate_calls),
-        2,
-        "duplicate: write, read: {duplicate_calls:?}"
+        1,
+        "duplicate: the failed write returns the answer: {duplicate_calls:?}"
+    );
+    let expected = |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    };
+    assert_eq!(
+        generate_calls,
+        expected(GENERATE_CALLS),
+        "generate, one message to SUCCEEDED"
+    );
+    assert_eq!(
+        webhook_calls,
+        expected(WEBHOOK_CALLS),
+        "webhook, one message"
+    );
+}
+
+/// The AWS calls of the generate function for one message that ends SUCCEEDED (the rows of
+/// `docs/benchmarks.md`).
+const GENERATE_CALLS: &[(&str, u32)] = &[
+    ("DynamoDB.GetItem", 3),
+    ("DynamoDB.PutItem", 1),
+    ("DynamoDB.TransactWriteItems", 2),
+    ("S3.PutObject", 1),
+    ("SQS.SendMessage", 1),
+];
+
+/// The AWS calls of the webhook function for one delivered event.
+const WEBHOOK_CALLS: &[(&str, u32)] = &[
+    ("DynamoDB.GetItem", 1),
+    ("DynamoDB.Query", 1),
+    ("DynamoDB.PutItem", 2),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_with_redis_unreachable_accepts_jobs_and_waits_until_redis_answers() {
+    let mut stack = Stack::new(5).await;
+    let port = LocalRedisServer::free_port().unwrap_or_else(|e| panic!("{e}"));
+    stack.settings.redis = Some(redis_target(format!("redis://127.0.0.1:{port}"), &stack));
+    let quiet = imagegen_aws_tests::clients(&CallCounter::default()).await;
+
+    let built = imagegen::aws::app_from_parts(stack.settings.clone(), stack.clients.clone())
+        .await
+        .unwrap_or_else(|e| panic!("init must not need Redis: {e}"));
+    let app = built.app;
+    let router = imagegen::http::router(app.clone(), built.admin_token.as_ref());
+    let tenant = imagegen::service::admin::create_tenant(&app, "no-redis", Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bearer = format!("Bearer {}", tenant.key.expose());
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", bearer.as_str()),
+    ];
+    let submitted = invoke(
+        &router,
+        http_event(
+            "POST",
+            "/v1/images:generate",
+            "",
+            &headers,
+            Some(r#"{"prompt":"a quiet harbour"}"#),
+        ),
+    )
+    .await;
+    stack.counter.reset();
+    let mut handled = 0;
+    for _ in 0..10 {
+        handled = drive_queue(&stack, &quiet.sqs, QueueName::Generate, |event| async {
+            let response = imagegen::handlers::generate_batch(&app, event).await;
+            assert!(
+                response.batch_item_failures.is_empty(),
+                "the message is acknowledged and re-sent, not failed: {response:?}"
+            );
+            response
+        })
+        .await;
+        if handled > 0 {
+            break;
+        }
+    }
+    let dispatch_calls = calls(&stack);
+    let job_id = submitted.body["jobId"].as_str().unwrap_or_default();
+    let job = app
+        .store
+        .get_job(&JobId::parse(job_id).unwrap_or_else(|| panic!("no job id")))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("job not stored"));
+
+    assert_eq!(submitted.status, 202, "{}", submitted.body);
+    assert_eq!(handled, 1);
+    assert_eq!(job.status, imagegen::domain::JobStatus::Queued);
+    assert_eq!(job.attempts, 0, "waiting for the limiter is not an attempt");
+    assert_eq!(
+        dispatch_calls.get("SQS.SendMessage"),
+        Some(&1),
+        "the job was re-delayed: {dispatch_calls:?}"
+    );
+
+    // Redis comes up on that port: a later call connects, with no restart.
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+    let mut admitted = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(answer) = app.limiter.admit_submission(&tenant.tenant.id, 100).await {
+            admitted = Some(answer);
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        admitted,
+        Some(None),
+        "the limiter connected once Redis was up"
     );
 }
 

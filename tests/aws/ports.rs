@@ -9,15 +9,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::DateTime;
 use chrono::Utc;
 use imagegen::blob::s3::S3BlobStore;
 use imagegen::blob::FsBlobStore;
+use imagegen::deliveries::{DynamoDeliveryLog, SqliteDeliveryLog};
 use imagegen::domain::{
-    ErrorCode, IdempotencyKey, Job, JobError, JobStatus, Mode, Plan, Prompt, Tenant, TenantId,
+    ErrorCode, IdempotencyKey, Job, JobError, JobStatus, KeyState, Limits, Mode, Plan, Prompt,
+    QuotaGroup, QuotaGroupId, Tenant, TenantId, UpstreamKey, UpstreamKeyId, WebhookEvent,
 };
+use imagegen::fetch::{self, FetchError, UploadId};
+use imagegen::limiter::registry_dynamo::DynamoKeyRegistry;
+use imagegen::limiter::SqliteKeyRegistry;
 use imagegen::ports::{
-    BlobStore, CreateOutcome, IdempotencyClaim, JobStore, Queue, QueueConsumer, QueueName,
-    SecretStore, WriteOutcome,
+    AttemptOutcome, BlobStore, BoundedRead, CreateOutcome, DeliveryAttempt, DeliveryLog,
+    IdempotencyClaim, JobStore, KeyRegistry, Queue, QueueConsumer, QueueName, SecretStore,
+    WebhookEventRecord, WriteOutcome,
 };
 use imagegen::queue::sqs::SqsQueue;
 use imagegen::queue::SqliteQueue;
@@ -185,24 +192,37 @@ async fn twenty_concurrent_creates_with_one_key_make_one_job(store: Arc<dyn JobS
         let job = job(&tenant);
         tasks.spawn(async move {
             let outcome = store.create_job(&job, Some(&claim("one-key")), 100).await;
-            (job.id, outcome)
+            (job, outcome)
         });
     }
 
     let mut created = Vec::new();
     let mut duplicates = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        let (id, outcome) = done.unwrap_or_else(|e| panic!("{e}"));
+        let (job, outcome) = done.unwrap_or_else(|e| panic!("{e}"));
         match outcome.unwrap_or_else(|e| panic!("create failed: {e}")) {
-            CreateOutcome::Created => created.push(id),
-            CreateOutcome::Duplicate { job_id, .. } => duplicates.push(job_id),
-            CreateOutcome::DailyCapReached => panic!("cap reached"),
+            CreateOutcome::Created => created.push(job),
+            CreateOutcome::Duplicate {
+                job_id,
+                status,
+                created_at,
+                ..
+            } => duplicates.push((job_id, status, created_at)),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
     assert_eq!(created.len(), 1, "exactly one create wins");
     assert_eq!(duplicates.len(), 19);
-    assert!(duplicates.iter().all(|id| id == &created[0]));
+    let winner = (
+        created[0].id.clone(),
+        JobStatus::Queued,
+        created[0].created_at,
+    );
+    assert!(
+        duplicates.iter().all(|d| d == &winner),
+        "each repeat is answered from the record, as first created: {duplicates:?}"
+    );
     let today = Utc::now().date_naive();
     assert_eq!(store.usage(&tenant, today).await.ok(), Some(1));
 }
@@ -669,6 +689,112 @@ on_both!(
     s3_blobs().await
 );
 
+async fn a_bounded_read_refuses_an_object_over_the_limit_without_returning_it(
+    blobs: Arc<dyn BlobStore>,
+) {
+    let key = "uploads/ten_1/upl_big";
+    let bytes = Bytes::from(vec![7u8; 64]);
+    blobs
+        .put(key, bytes.clone(), "application/octet-stream")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let over = blobs.get_at_most(key, 63).await.ok().flatten();
+    let exact = blobs.get_at_most(key, 64).await.ok().flatten();
+    let missing = blobs.get_at_most("uploads/ten_1/none", 64).await.ok();
+
+    assert_eq!(over, Some(BoundedRead::TooLarge { size: 64 }));
+    assert_eq!(exact, Some(BoundedRead::Found(bytes)));
+    assert_eq!(missing, Some(None));
+}
+on_both!(
+    bounded_reads,
+    a_bounded_read_refuses_an_object_over_the_limit_without_returning_it,
+    fs_blobs(),
+    s3_blobs().await
+);
+
+/// A tiny valid PNG header followed by filler: enough for the type sniffer.
+fn png_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.resize(len, 0);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_put_to_a_presigned_upload_url_are_read_by_the_job_path_within_the_cap() {
+    let blobs = s3_blobs().await;
+    let tenant = TenantId::generate();
+    let (fits, too_big) = (UploadId::generate(), UploadId::generate());
+    let client = reqwest::Client::new();
+
+    let mut urls = Vec::new();
+    for (id, len) in [(&fits, 2048), (&too_big, 4096)] {
+        let signed = blobs
+            .signed_put_url(&id.blob_key(&tenant), Duration::from_secs(300))
+            .await
+            .unwrap_or_else(|e| panic!("signing an upload: {e}"));
+        let put = client
+            .put(&signed.url)
+            .header("content-type", "image/png")
+            .body(png_bytes(len))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(put.status().is_success(), "PUT answered {}", put.status());
+        urls.push(signed);
+    }
+    let read = fetch::read_upload(blobs.as_ref(), &tenant, &fits, 3000).await;
+    let refused = fetch::read_upload(blobs.as_ref(), &tenant, &too_big, 3000).await;
+    let other_tenant = fetch::read_upload(blobs.as_ref(), &TenantId::generate(), &fits, 3000).await;
+
+    assert!(urls[0].url.contains("X-Amz-Signature="), "{}", urls[0].url);
+    assert!(urls[0].expires_at <= Utc::now() + chrono::Duration::seconds(300));
+    let image = read.unwrap_or_else(|e| panic!("upload not readable: {e}"));
+    assert_eq!(image.mime_type, "image/png");
+    assert_eq!(image.bytes.len(), 2048);
+    assert!(matches!(
+        refused,
+        Err(FetchError::Refused(ErrorCode::PayloadTooLarge, _))
+    ));
+    assert!(matches!(
+        other_tenant,
+        Err(FetchError::Refused(ErrorCode::InvalidImageUrl, _))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slot_on_aws_takes_a_put_and_a_job_naming_it_is_accepted() {
+    let (app, _) = aws_app().await;
+    let tenant = imagegen::service::admin::create_tenant(&app, "uploader", Plan::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .tenant;
+
+    let ticket = imagegen::service::inputs::create_upload(&app, &tenant.id)
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/uploads would fail: {e}"));
+    let put = reqwest::Client::new()
+        .put(&ticket.upload_url)
+        .body(png_bytes(512))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let source =
+        fetch::ImageSource::parse(&ticket.input_image_url, false).unwrap_or_else(|e| panic!("{e}"));
+    let checked = imagegen::service::inputs::check_source(&app, &tenant.id, &source).await;
+    let mut job = job(&tenant.id);
+    job.input_image_url = Some(ticket.input_image_url.clone());
+    let loaded = imagegen::service::inputs::load_for(&app, &job).await;
+
+    assert!(put.status().is_success(), "PUT answered {}", put.status());
+    assert!(checked.is_ok(), "{checked:?}");
+    let loaded = loaded
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .map(|i| i.bytes.len());
+    assert_eq!(loaded, Some(512));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_url_serves_the_image_with_its_content_type() {
     let blobs = s3_blobs().await;
@@ -824,4 +950,214 @@ async fn presigned_url_expiry_never_outlives_the_signing_credentials() {
     assert!(signed.expires_at <= limit, "URL outlives its credentials");
     assert!(signed.expires_at > limit - chrono::Duration::seconds(5));
     assert!(!signed.url.contains("X-Amz-Expires=3600"), "{}", signed.url);
+}
+
+// ---- key registry ----
+
+async fn sqlite_registry() -> Arc<dyn KeyRegistry> {
+    Arc::new(
+        SqliteKeyRegistry::new(db())
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+async fn dynamo_registry() -> Arc<dyn KeyRegistry> {
+    let stack = Stack::new(MAX_RECEIVES).await;
+    Arc::new(DynamoKeyRegistry::new(
+        stack.clients.dynamo.clone(),
+        stack.settings.tables.keys.clone(),
+    ))
+}
+
+/// Whole seconds, so every adapter stores the time exactly.
+fn second() -> DateTime<Utc> {
+    DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_else(Utc::now)
+}
+
+fn group(id: &str) -> QuotaGroup {
+    QuotaGroup {
+        id: QuotaGroupId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+        limits: Limits {
+            requests_per_minute: Some(60),
+            concurrency: Some(4),
+        },
+        updated_at: second(),
+    }
+}
+
+fn upstream_key(id: &str, group: &QuotaGroup) -> UpstreamKey {
+    UpstreamKey {
+        id: UpstreamKeyId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+        group: group.id.clone(),
+        limits: Limits {
+            requests_per_minute: Some(10),
+            concurrency: None,
+        },
+        state: KeyState::Enabled,
+        disabled_reason: None,
+        label: Some("first".into()),
+        created_at: second(),
+        updated_at: second(),
+    }
+}
+
+async fn keys_and_groups_are_put_read_listed_replaced_and_deleted(registry: Arc<dyn KeyRegistry>) {
+    let (project_b, project_a) = (group("project-b"), group("project-a"));
+    let key_2 = upstream_key("key-2", &project_a);
+    let key_1 = upstream_key("key-1", &project_b);
+    for g in [&project_b, &project_a] {
+        registry
+            .put_group(g)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for k in [&key_2, &key_1] {
+        registry.put_key(k).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut disabled = key_2.clone();
+    disabled.state = KeyState::Disabled;
+    disabled.disabled_reason = Some("rejected by the upstream".into());
+
+    let read_group = registry.get_group(&project_a.id).await.ok().flatten();
+    let read_key = registry.get_key(&key_1.id).await.ok().flatten();
+    let groups = registry
+        .list_groups()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys = registry.list_keys().await.unwrap_or_else(|e| panic!("{e}"));
+    registry
+        .put_key(&disabled)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let replaced = registry.get_key(&key_2.id).await.ok().flatten();
+    let deleted_key = registry.delete_key(&key_1.id).await.ok();
+    let deleted_again = registry.delete_key(&key_1.id).await.ok();
+    let deleted_group = registry.delete_group(&project_b.id).await.ok();
+    let missing_group = registry
+        .delete_group(&QuotaGroupId::parse("nobody").unwrap_or_else(|e| panic!("{e}")))
+        .await
+        .ok();
+
+    assert_eq!(read_group, Some(project_a.clone()));
+    assert_eq!(read_key, Some(key_1.clone()));
+    assert_eq!(
+        groups,
+        vec![project_a.clone(), project_b.clone()],
+        "groups by id"
+    );
+    assert_eq!(keys, vec![key_1.clone(), key_2.clone()], "keys by id");
+    assert_eq!(replaced, Some(disabled.clone()));
+    assert_eq!(deleted_key, Some(true));
+    assert_eq!(deleted_again, Some(false));
+    assert_eq!(deleted_group, Some(true));
+    assert_eq!(missing_group, Some(false));
+    assert_eq!(registry.get_key(&key_1.id).await.ok(), Some(None));
+    assert_eq!(registry.list_keys().await.ok(), Some(vec![disabled]));
+    assert_eq!(registry.list_groups().await.ok(), Some(vec![project_a]));
+}
+on_both!(
+    key_registry,
+    keys_and_groups_are_put_read_listed_replaced_and_deleted,
+    sqlite_registry().await,
+    dynamo_registry().await
+);
+
+// ---- delivery log ----
+
+fn sqlite_deliveries() -> Arc<dyn DeliveryLog> {
+    Arc::new(SqliteDeliveryLog::new(db()))
+}
+
+async fn dynamo_deliveries() -> Arc<dyn DeliveryLog> {
+    let stack = Stack::new(MAX_RECEIVES).await;
+    Arc::new(DynamoDeliveryLog::new(
+        stack.clients.dynamo.clone(),
+        stack.settings.tables.deliveries.clone(),
+    ))
+}
+
+fn event(job: &Job, kind: WebhookEvent, name: &str, at: DateTime<Utc>) -> WebhookEventRecord {
+    WebhookEventRecord {
+        event_id: format!("evt_{}_{name}", job.id),
+        job_id: job.id.clone(),
+        tenant_id: job.tenant_id.clone(),
+        event_type: kind,
+        body: format!(r#"{{"type":"{name}"}}"#),
+        created_at: at,
+    }
+}
+
+fn attempt(
+    event: &WebhookEventRecord,
+    round: u32,
+    n: u32,
+    outcome: AttemptOutcome,
+) -> DeliveryAttempt {
+    DeliveryAttempt {
+        event_id: event.event_id.clone(),
+        job_id: event.job_id.clone(),
+        round,
+        attempt: n,
+        at: event.created_at + chrono::Duration::seconds(i64::from(round * 10 + n)),
+        status_code: (outcome != AttemptOutcome::Retrying).then_some(204),
+        latency_ms: 12,
+        error: (outcome == AttemptOutcome::Retrying).then(|| "receiver answered 503".into()),
+        outcome,
+        next_attempt_at: None,
+    }
+}
+
+async fn events_and_attempts_read_back_per_job_in_order_once_each(log: Arc<dyn DeliveryLog>) {
+    let job = job(&TenantId::generate());
+    let other = job_for_another_tenant();
+    let at = second();
+    let canceled = event(&job, WebhookEvent::JobCanceled, "canceled", at);
+    let mut later = event(&job, WebhookEvent::JobSucceeded, "succeeded", at);
+    later.created_at = at + chrono::Duration::seconds(60);
+    let first = attempt(&canceled, 0, 1, AttemptOutcome::Retrying);
+    let second_try = attempt(&canceled, 0, 2, AttemptOutcome::Delivered);
+    let replay = attempt(&canceled, 1, 1, AttemptOutcome::Delivered);
+    let unrelated = event(&other, WebhookEvent::JobFailed, "failed", at);
+
+    for e in [&later, &canceled, &unrelated] {
+        log.record_event(e).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut changed = canceled.clone();
+    changed.body = "changed".into();
+    log.record_event(&changed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for a in [&replay, &second_try, &first, &first] {
+        log.append(a).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let read = log.for_job(&job.id).await.unwrap_or_else(|e| panic!("{e}"));
+    let nothing = log
+        .for_job(&imagegen::domain::JobId::generate())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let events: Vec<_> = read.iter().map(|d| d.event.clone()).collect();
+    assert_eq!(
+        events,
+        vec![canceled.clone(), later],
+        "oldest first, first write kept"
+    );
+    assert_eq!(
+        read[0].attempts,
+        vec![first, second_try, replay],
+        "in order, once each"
+    );
+    assert!(read[1].attempts.is_empty());
+    assert!(nothing.is_empty());
+}
+on_both!(
+    delivery_log,
+    events_and_attempts_read_back_per_job_in_order_once_each,
+    sqlite_deliveries(),
+    dynamo_deliveries().await
+);
+
+fn job_for_another_tenant() -> Job {
+    job(&TenantId::generate())
 }

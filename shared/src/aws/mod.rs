@@ -5,6 +5,7 @@
 //! (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_DYNAMODB`, ...) point the same binaries at a local
 //! emulator; `docs/aws.md` lists every setting.
 
+mod limiter;
 mod settings;
 
 use std::sync::Arc;
@@ -15,13 +16,14 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 
-pub use settings::{AwsSettings, SettingsError};
+pub use limiter::LazyRedisLimiter;
+pub use settings::{AwsSettings, RedisTarget, SettingsError};
 
 use crate::app::App;
 use crate::blob::s3::S3BlobStore;
 use crate::deliveries::DynamoDeliveryLog;
 use crate::limiter::registry_dynamo::DynamoKeyRegistry;
-use crate::limiter::{KeyPool, LimiterSettings, LocalLimiter, RedisLimiter, RedisSettings};
+use crate::limiter::{KeyPool, LimiterSettings, LocalLimiter};
 use crate::ports::{JobStore, KeyRegistry, Limiter, PortError, Provider, SecretStore};
 use crate::provider::gemini::{GeminiProvider, GeminiSettings};
 use crate::provider::OfflineProvider;
@@ -113,8 +115,6 @@ pub enum StartError {
     Secret { name: String, source: PortError },
     #[error("secret {0} is missing; create it (the SAM template does) and redeploy")]
     MissingSecret(String),
-    #[error("limiter: {0}")]
-    Limiter(String),
     #[error("provider: {0}")]
     Provider(String),
 }
@@ -123,19 +123,17 @@ pub enum StartError {
 /// deployment from the SAM template), else an in-process one whose limits hold per instance
 /// only (a single function instance, or a trial without ElastiCache).
 ///
-/// # Errors
-/// [`StartError::Limiter`] when Redis settings are malformed or Redis cannot be reached.
-pub async fn lambda_limiter(pool: Arc<KeyPool>) -> Result<Arc<dyn Limiter>, StartError> {
+/// Redis is tried once here; when it cannot be reached the function starts anyway, its
+/// limiter reports itself unavailable and connects on a later call (`LazyRedisLimiter`).
+pub async fn lambda_limiter(redis: Option<&RedisTarget>, pool: Arc<KeyPool>) -> Arc<dyn Limiter> {
     let settings = LimiterSettings::default();
-    if std::env::var_os("IMAGEGEN_REDIS_URL").is_none() {
+    let Some(RedisTarget(redis)) = redis else {
         warn!("IMAGEGEN_REDIS_URL is not set; limits hold per function instance only");
-        return Ok(Arc::new(LocalLimiter::new(settings, pool)));
-    }
-    let redis = RedisSettings::from_env().map_err(StartError::Limiter)?;
-    let limiter = RedisLimiter::connect(settings, redis, pool)
-        .await
-        .map_err(|e| StartError::Limiter(e.to_string()))?;
-    Ok(Arc::new(limiter))
+        return Arc::new(LocalLimiter::new(settings, pool));
+    };
+    let limiter = LazyRedisLimiter::new(settings, redis.clone(), pool);
+    limiter.warm_up().await;
+    Arc::new(limiter)
 }
 
 /// The image model: Gemini when `GEMINI_API_KEY` is set, else the offline renderer.
@@ -226,7 +224,7 @@ pub async fn app_from_parts(
         queue: Arc::new(queue),
         blobs: Arc::new(blobs),
         secrets,
-        limiter: lambda_limiter(pool).await?,
+        limiter: lambda_limiter(settings.redis.as_ref(), pool).await,
         keys,
         provider: lambda_provider()?,
         webhooks: WebhookSender::new(policy, settings.webhook_timeout),

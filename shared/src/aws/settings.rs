@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::app::AppSettings;
+use crate::limiter::RedisSettings;
 use crate::queue::sqs::QueueUrls;
 use crate::store::dynamo::DynamoTables;
 
@@ -47,7 +48,22 @@ pub struct AwsSettings {
     /// Tests and emulators only: accept plain-http and loopback webhook and image URLs.
     pub allow_loopback: bool,
     pub worker_id: String,
+    /// The distributed limiter's Redis, when `IMAGEGEN_REDIS_URL` is set.
+    pub redis: Option<RedisTarget>,
     pub app: AppSettings,
+}
+
+/// Where the Redis limiter connects. Its `Debug` shows the namespace only: the URL may carry a
+/// password.
+#[derive(Clone)]
+pub struct RedisTarget(pub RedisSettings);
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("namespace", &self.0.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AwsSettings {
@@ -126,6 +142,7 @@ impl AwsSettings {
                 .seconds("IMAGEGEN_WEBHOOK_TIMEOUT_SECONDS", Duration::from_secs(15))?,
             s3_path_style: env.flag("IMAGEGEN_S3_PATH_STYLE")?,
             allow_loopback: env.flag("IMAGEGEN_ALLOW_LOOPBACK")?,
+            redis: env.redis()?,
             worker_id: env
                 .optional("AWS_LAMBDA_LOG_STREAM_NAME")
                 .unwrap_or_else(|| format!("aws-{}", ulid::Ulid::new())),
@@ -167,6 +184,35 @@ impl Env<'_> {
             .map(Duration::from_secs)
     }
 
+    /// `IMAGEGEN_REDIS_URL`, `IMAGEGEN_REDIS_NAMESPACE` and `IMAGEGEN_REDIS_CA_FILE` (read
+    /// here, once). Only what can be checked without Redis is: reaching it is left to the
+    /// limiter, so an unreachable Redis does not stop the function from starting.
+    fn redis(&self) -> Result<Option<RedisTarget>, SettingsError> {
+        let Some(url) = self.optional("IMAGEGEN_REDIS_URL") else {
+            return Ok(None);
+        };
+        let mut redis = RedisSettings::new(url.into());
+        if let Some(namespace) = self.optional("IMAGEGEN_REDIS_NAMESPACE") {
+            if namespace.contains(['{', '}']) {
+                return Err(SettingsError::Invalid {
+                    name: "IMAGEGEN_REDIS_NAMESPACE",
+                    value: namespace,
+                    expected: "a name without braces",
+                });
+            }
+            redis.namespace = namespace;
+        }
+        if let Some(path) = self.optional("IMAGEGEN_REDIS_CA_FILE") {
+            let pem = std::fs::read(&path).map_err(|_| SettingsError::Invalid {
+                name: "IMAGEGEN_REDIS_CA_FILE",
+                value: path,
+                expected: "a readable PEM file",
+            })?;
+            redis.ca_pem = Some(pem);
+        }
+        Ok(Some(RedisTarget(redis)))
+    }
+
     fn flag(&self, name: &'static str) -> Result<bool, SettingsError> {
         match self.optional(name).as_deref().map(str::trim) {
             None | Some("0" | "false") => Ok(false),
@@ -203,6 +249,30 @@ mod tests {
 
     fn read(vars: &HashMap<&'static str, &'static str>) -> Result<AwsSettings, SettingsError> {
         AwsSettings::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned()))
+    }
+
+    #[test]
+    fn redis_settings_are_read_once_and_the_url_is_never_printed() {
+        let mut vars = complete();
+        let none = read(&vars).ok().and_then(|s| s.redis);
+        vars.insert("IMAGEGEN_REDIS_URL", "rediss://user:hunter2@cache:6379");
+        vars.insert("IMAGEGEN_REDIS_NAMESPACE", "prod");
+
+        let settings = read(&vars).ok();
+        vars.insert("IMAGEGEN_REDIS_NAMESPACE", "{prod}");
+        let braces = read(&vars).err();
+
+        assert!(none.is_none());
+        let redis = settings.and_then(|s| s.redis);
+        assert_eq!(redis.as_ref().map(|r| r.0.namespace.as_str()), Some("prod"));
+        assert!(!format!("{redis:?}").contains("hunter2"), "{redis:?}");
+        assert!(matches!(
+            braces,
+            Some(SettingsError::Invalid {
+                name: "IMAGEGEN_REDIS_NAMESPACE",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::ports::{BlobStore, PortError, PortResult, SignedUrl};
+use crate::ports::{BlobStore, BoundedRead, PortError, PortResult, SignedUrl};
 
 /// The folder [`BlobStore`].
 #[derive(Clone)]
@@ -119,6 +119,28 @@ impl BlobStore for FsBlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(PortError::Unavailable(e.to_string())),
         }
+    }
+
+    async fn get_at_most(&self, key: &str, max_bytes: usize) -> PortResult<Option<BoundedRead>> {
+        let path = self.path_of(key)?;
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(PortError::Unavailable(e.to_string())),
+        };
+        if size > max_bytes as u64 {
+            return Ok(Some(BoundedRead::TooLarge { size }));
+        }
+        // The file may grow between the two calls; the length is checked again after.
+        Ok(self.get(key).await?.map(|bytes| {
+            if bytes.len() > max_bytes {
+                BoundedRead::TooLarge {
+                    size: bytes.len() as u64,
+                }
+            } else {
+                BoundedRead::Found(bytes)
+            }
+        }))
     }
 
     async fn signed_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl> {

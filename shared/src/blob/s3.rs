@@ -1,6 +1,6 @@
 //! Images in S3, under the `{tenant}/{job}/` prefix the worker chooses, each with its own
 //! Content-Type. Result URLs are presigned GETs made fresh on each poll, or plain URLs under a
-//! public (CDN) base when one is set.
+//! public (CDN) base when one is set. Client uploads go straight to S3 through presigned PUTs.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::aws::sdk_error;
-use crate::ports::{BlobStore, PortError, PortResult, SignedUrl};
+use crate::ports::{BlobStore, BoundedRead, PortError, PortResult, SignedUrl};
 
 /// SigV4 refuses presigned URLs that live longer than this.
 const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -60,6 +60,24 @@ impl S3BlobStore {
             .map_err(|e| PortError::Unavailable(format!("cannot load credentials: {e}")))?;
         Ok(credentials.expiry())
     }
+
+    /// The presigning window for `ttl`: at most SigV4's limit and the credentials' life, in
+    /// whole seconds so the stated expiry is never later than the signature's.
+    async fn presigning(&self, ttl: Duration) -> PortResult<(PresigningConfig, DateTime<Utc>)> {
+        let now = Utc::now();
+        let mut ttl = ttl.min(MAX_PRESIGN);
+        if let Some(expiry) = self.credentials_expiry().await? {
+            let left = expiry
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            ttl = ttl.min(left);
+        }
+        let ttl = Duration::from_secs(ttl.as_secs().max(1));
+        let config = PresigningConfig::expires_in(ttl)
+            .map_err(|e| PortError::Internal(format!("bad presigning window: {e}")))?;
+        let expires_at = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now) + ttl;
+        Ok((config, expires_at))
+    }
 }
 
 #[async_trait]
@@ -100,6 +118,46 @@ impl BlobStore for S3BlobStore {
         Ok(Some(body.into_bytes()))
     }
 
+    async fn get_at_most(&self, key: &str, max_bytes: usize) -> PortResult<Option<BoundedRead>> {
+        // GetObject states the length before the body is read, so one call both checks the
+        // size and reads an object that fits; a larger body is dropped unread.
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        let mut output = match result {
+            Ok(output) => output,
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_error(e)),
+        };
+        let limit = max_bytes as u64;
+        if let Some(size) = output.content_length().and_then(|n| u64::try_from(n).ok()) {
+            if size > limit {
+                return Ok(Some(BoundedRead::TooLarge { size }));
+            }
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = output
+            .body
+            .try_next()
+            .await
+            .map_err(|e| PortError::Unavailable(format!("reading {key} failed: {e}")))?
+        {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Ok(Some(BoundedRead::TooLarge {
+                    size: (body.len() + chunk.len()) as u64,
+                }));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(BoundedRead::Found(body.freeze())))
+    }
+
     async fn signed_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl> {
         let now = Utc::now();
         if let Some(base) = &self.public_base_url {
@@ -109,17 +167,7 @@ impl BlobStore for S3BlobStore {
             });
         }
 
-        let mut ttl = ttl.min(MAX_PRESIGN);
-        if let Some(expiry) = self.credentials_expiry().await? {
-            let left = expiry
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            ttl = ttl.min(left);
-        }
-        // Whole seconds, so the stated expiry is never later than the signature's.
-        let ttl = Duration::from_secs(ttl.as_secs().max(1));
-        let config = PresigningConfig::expires_in(ttl)
-            .map_err(|e| PortError::Internal(format!("bad presigning window: {e}")))?;
+        let (config, expires_at) = self.presigning(ttl).await?;
         let presigned = self
             .client
             .get_object()
@@ -128,7 +176,25 @@ impl BlobStore for S3BlobStore {
             .presigned(config)
             .await
             .map_err(sdk_error)?;
-        let expires_at = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now) + ttl;
+        Ok(SignedUrl {
+            url: presigned.uri().to_owned(),
+            expires_at,
+        })
+    }
+
+    async fn signed_put_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl> {
+        // Always presigned, even with a public base: that base serves GETs only. No content
+        // type is signed, so a client may send its image with any Content-Type; the worker
+        // tells the type from the bytes.
+        let (config, expires_at) = self.presigning(ttl).await?;
+        let presigned = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(sdk_error)?;
         Ok(SignedUrl {
             url: presigned.uri().to_owned(),
             expires_at,

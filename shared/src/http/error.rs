@@ -26,6 +26,8 @@ pub enum ApiError {
     MethodNotAllowed(Option<&'static str>),
     /// A state conflict the client can act on (for example canceling a finished job).
     Conflict(ErrorCode, String),
+    /// A request with the same idempotency key is still being written; retry after the wait.
+    InProgress(Duration),
     /// The idempotency key was used with a different request.
     Unprocessable(ErrorCode, String),
     /// Over a limit; try again after the given wait.
@@ -71,6 +73,13 @@ impl ApiError {
                 "method not allowed on this resource".into(),
             ),
             Self::Conflict(code, message) => (StatusCode::CONFLICT, *code, message.clone()),
+            Self::InProgress(_) => (
+                StatusCode::CONFLICT,
+                ErrorCode::IdempotencyInProgress,
+                "a request with this Idempotency-Key is still being processed; retry after the \
+                 Retry-After delay"
+                    .into(),
+            ),
             Self::Unprocessable(code, message) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, *code, message.clone())
             }
@@ -113,6 +122,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let wait = match &self {
             Self::TooManyRequests(_, _, wait) => *wait,
+            Self::InProgress(wait) => Some(*wait),
             Self::Unavailable => Some(Duration::from_secs(1)),
             _ => None,
         };
@@ -128,5 +138,19 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contended_idempotency_key_answers_409_with_retry_after() {
+        let response = ApiError::InProgress(Duration::from_millis(1500)).into_response();
+
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        let retry = response.headers().get(header::RETRY_AFTER);
+        assert_eq!(retry.and_then(|v| v.to_str().ok()), Some("2"));
     }
 }

@@ -75,6 +75,7 @@ pub(super) async fn finalize_job(
                 ErrorCode::IdempotencyKeyReused,
                 "this draft's finalize key was used for another request".into(),
             ),
+            FinalizeError::Submit(SubmitError::InProgress(wait)) => ApiError::InProgress(wait),
             FinalizeError::Submit(SubmitError::Port(e)) => e.into(),
         })?;
 
@@ -84,6 +85,16 @@ pub(super) async fn finalize_job(
         StatusCode::OK
     };
     let location = format!("/v1/jobs/{}", accepted.job.id);
-    let view = jobs::view(&state.app, &accepted.job, state.app.settings.result_url_ttl).await?;
+    // A repeat answers with the final job as it is now, as the first answer's view would.
+    let job = match accepted.new_job {
+        Some(job) => *job,
+        None => state
+            .app
+            .store
+            .get_job(&accepted.job.id)
+            .await?
+            .ok_or(ApiError::Internal)?,
+    };
+    let view = jobs::view(&state.app, &job, state.app.settings.result_url_ttl).await?;
     Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
 }

@@ -174,6 +174,7 @@ async fn generate(
                 ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used with a different request body".into(),
             ),
+            SubmitError::InProgress(wait) => ApiError::InProgress(wait),
             SubmitError::Port(e) => e.into(),
         })?;
 
@@ -365,4 +366,126 @@ async fn create_tenant(
         })),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use axum::body::Body;
+    use axum::http::Request;
+    use chrono::{DateTime, Utc};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::domain::{Job, JobId, JobStatus, Plan, TenantId, UsageDay};
+    use crate::ports::{
+        CreateOutcome, IdempotencyClaim, JobEvent, JobPage, JobStore, PortResult, WriteOutcome,
+    };
+
+    /// The embedded store, except that every create finds its idempotency record contended,
+    /// as DynamoDB's does when concurrent writers outlast the conflict retries.
+    struct Contended(Arc<dyn JobStore>);
+
+    #[async_trait]
+    impl JobStore for Contended {
+        async fn create_job(
+            &self,
+            _job: &Job,
+            _idempotency: Option<&IdempotencyClaim>,
+            _daily_cap: u32,
+        ) -> PortResult<CreateOutcome> {
+            Ok(CreateOutcome::IdempotencyInProgress)
+        }
+        async fn get_job(&self, id: &JobId) -> PortResult<Option<Job>> {
+            self.0.get_job(id).await
+        }
+        async fn update_job(&self, previous: &Job, next: &Job) -> PortResult<WriteOutcome> {
+            self.0.update_job(previous, next).await
+        }
+        async fn list_jobs(
+            &self,
+            tenant: &TenantId,
+            status: Option<JobStatus>,
+            limit: u32,
+            after: Option<&JobId>,
+        ) -> PortResult<JobPage> {
+            self.0.list_jobs(tenant, status, limit, after).await
+        }
+        async fn stale_jobs(
+            &self,
+            status: JobStatus,
+            before: DateTime<Utc>,
+            limit: u32,
+        ) -> PortResult<Vec<Job>> {
+            self.0.stale_jobs(status, before, limit).await
+        }
+        async fn job_events(&self, id: &JobId) -> PortResult<Vec<JobEvent>> {
+            self.0.job_events(id).await
+        }
+        async fn put_tenant(&self, tenant: &Tenant) -> PortResult<()> {
+            self.0.put_tenant(tenant).await
+        }
+        async fn get_tenant(&self, id: &TenantId) -> PortResult<Option<Tenant>> {
+            self.0.get_tenant(id).await
+        }
+        async fn tenant_by_key_hash(&self, key_hash: &str) -> PortResult<Option<Tenant>> {
+            self.0.tenant_by_key_hash(key_hash).await
+        }
+        async fn usage(&self, tenant: &TenantId, day: UsageDay) -> PortResult<u64> {
+            self.0.usage(tenant, day).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_submit_whose_key_stays_contended_answers_409_in_progress_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = crate::store::SqliteDb::in_memory().unwrap_or_else(|e| panic!("{e}"));
+        let blobs = Arc::new(crate::blob::FsBlobStore::new(
+            dir.path().into(),
+            "http://x",
+            vec![1; 32],
+        ));
+        let webhooks = crate::webhook::WebhookSender::new(
+            crate::webhook::OutboundPolicy {
+                allow_loopback: true,
+                loopback_only: true,
+            },
+            std::time::Duration::from_secs(5),
+        );
+        let mut app = crate::embedded::app(
+            db,
+            blobs,
+            webhooks,
+            crate::AppSettings::default(),
+            crate::limiter::LimiterSettings::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let created = crate::service::admin::create_tenant(&app, "t", Plan::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        app.store = Arc::new(Contended(app.store.clone()));
+        let request = Request::post("/v1/images:generate")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", created.key.expose()))
+            .header("idempotency-key", "raced")
+            .body(Body::from(r#"{"prompt":"a fox"}"#))
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        let response = router(app, None)
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        let retry = response.headers().get(header::RETRY_AFTER).cloned();
+        assert_eq!(retry.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(body["error"]["code"], "IDEMPOTENCY_IN_PROGRESS");
+    }
 }

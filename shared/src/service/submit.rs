@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
 use crate::app::App;
-use crate::domain::{IdempotencyKey, Job, Mode, Prompt, Tenant};
+use crate::domain::{IdempotencyKey, Job, JobId, JobStatus, Mode, Prompt, Tenant};
 use crate::fetch::ImageSource;
 use crate::ports::{CreateOutcome, IdempotencyClaim, PortError, QueueName};
 use crate::service::messages::GenerateMessage;
@@ -65,20 +65,37 @@ impl Submission {
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("requests per minute exceeded")]
-    RateLimited(std::time::Duration),
+    RateLimited(Duration),
     #[error("daily cap reached")]
     DailyCapReached,
     #[error("idempotency key was used with a different request")]
     KeyReused,
+    /// A concurrent request with the same key is still being written; retry after the wait.
+    #[error("a request with this idempotency key is in progress")]
+    InProgress(Duration),
     #[error(transparent)]
     Port(#[from] PortError),
+}
+
+/// How long a client is told to wait when a request with its key is still being written.
+pub const IN_PROGRESS_RETRY: Duration = Duration::from_secs(1);
+
+/// What the answer to a submission says about its job. A repeat is answered from the
+/// idempotency record: the status is the one the job was created with, as in the first answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedJob {
+    pub id: JobId,
+    pub status: JobStatus,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The accepted job, and whether this call created it (false for an idempotent repeat).
 #[derive(Debug, Clone)]
 pub struct Accepted {
-    pub job: Job,
+    pub job: AcceptedJob,
     pub created: bool,
+    /// The whole job when this call created it; a repeat does not read it.
+    pub new_job: Option<Box<Job>>,
 }
 
 /// Accept a submission for `tenant`.
@@ -129,19 +146,27 @@ pub async fn submit(
     match outcome {
         CreateOutcome::Created => {}
         CreateOutcome::DailyCapReached => return Err(SubmitError::DailyCapReached),
+        CreateOutcome::IdempotencyInProgress => {
+            warn!(tenant_id = %tenant.id, "idempotency record contended; client told to retry");
+            return Err(SubmitError::InProgress(IN_PROGRESS_RETRY));
+        }
         CreateOutcome::Duplicate {
             job_id,
             request_hash: stored,
+            status,
+            created_at,
         } => {
             if stored != request_hash {
                 return Err(SubmitError::KeyReused);
             }
-            let existing = app.store.get_job(&job_id).await?.ok_or_else(|| {
-                PortError::Internal("idempotency record names a missing job".into())
-            })?;
             return Ok(Accepted {
-                job: existing,
+                job: AcceptedJob {
+                    id: job_id,
+                    status,
+                    created_at,
+                },
                 created: false,
+                new_job: None,
             });
         }
     }
@@ -160,5 +185,13 @@ pub async fn submit(
         error!(job_id = %job.id, error = %e, "job stored but not queued");
     }
     info!(job_id = %job.id, tenant_id = %tenant.id, mode = job.mode.as_str(), "job accepted");
-    Ok(Accepted { job, created: true })
+    Ok(Accepted {
+        job: AcceptedJob {
+            id: job.id.clone(),
+            status: job.status,
+            created_at: job.created_at,
+        },
+        created: true,
+        new_job: Some(Box::new(job)),
+    })
 }

@@ -129,6 +129,19 @@ impl DynamoStore {
         &self,
         items: Vec<TransactWriteItem>,
     ) -> PortResult<Option<Vec<CancellationReason>>> {
+        match self.try_transact(items).await? {
+            Ok(()) => Ok(None),
+            Err(Cancelled::Conditions(reasons)) => Ok(Some(reasons)),
+            Err(Cancelled::Contended(_, error)) => Err(error),
+        }
+    }
+
+    /// [`Self::transact`], but a transaction that still lost to concurrent ones after every
+    /// retry comes back with its reasons, so the caller can tell which item was contended.
+    async fn try_transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> PortResult<Result<(), Cancelled>> {
         let mut attempt = 0;
         loop {
             let result = self
@@ -138,7 +151,7 @@ impl DynamoStore {
                 .send()
                 .await;
             let error = match result {
-                Ok(_) => return Ok(None),
+                Ok(_) => return Ok(Ok(())),
                 Err(e) => e,
             };
             let reasons = match &error {
@@ -160,16 +173,27 @@ impl DynamoStore {
                 .iter()
                 .any(|r| r.code() == Some("ConditionalCheckFailed"));
             if failed_condition {
-                return Ok(Some(reasons));
+                return Ok(Err(Cancelled::Conditions(reasons)));
             }
-            if !conflicted || attempt >= CONFLICT_RETRIES {
+            if !conflicted {
                 return Err(sdk_error(error));
+            }
+            if attempt >= CONFLICT_RETRIES {
+                return Ok(Err(Cancelled::Contended(reasons, sdk_error(error))));
             }
             attempt += 1;
             debug!(attempt, "transaction conflict; trying again");
             tokio::time::sleep(conflict_backoff(attempt)).await;
         }
     }
+}
+
+/// Why a transaction did not go through.
+enum Cancelled {
+    /// Conditions failed; one reason per item.
+    Conditions(Vec<CancellationReason>),
+    /// It kept losing to concurrent transactions; one reason per item, and the last error.
+    Contended(Vec<CancellationReason>, PortError),
 }
 
 fn conflict_backoff(attempt: u32) -> Duration {
@@ -194,14 +218,45 @@ fn failed_condition(reason: Option<&CancellationReason>) -> bool {
     reason.and_then(CancellationReason::code) == Some("ConditionalCheckFailed")
 }
 
-/// An idempotency record as stored.
+/// An idempotency record as stored. It carries what the answer to a repeat needs (the job's
+/// id, its status at creation and its creation time), so a duplicate costs one call.
 #[derive(Debug, Serialize, Deserialize)]
 struct IdempotencyItem {
     pk: String,
     job_id: String,
     request_hash: String,
+    /// Absent on records written before the answer was kept in them; those are answered by
+    /// reading the job.
+    #[serde(default)]
+    status: Option<JobStatus>,
+    #[serde(default)]
+    created_at: Option<DateTime<Utc>>,
     /// Expiry in epoch seconds; DynamoDB's TTL deletes the item some time after it.
     ttl: i64,
+}
+
+impl DynamoStore {
+    /// The answer to a repeated key, from the record it returned.
+    async fn duplicate(&self, record: IdempotencyItem) -> PortResult<CreateOutcome> {
+        let job_id = JobId::parse(&record.job_id)
+            .ok_or_else(|| internal("bad job id in idempotency record"))?;
+        let (status, created_at) = match (record.status, record.created_at) {
+            (Some(status), Some(created_at)) => (status, created_at),
+            _ => {
+                let job = self
+                    .get_job(&job_id)
+                    .await?
+                    .ok_or_else(|| internal("idempotency record names a missing job"))?;
+                (JobStatus::Queued, job.created_at)
+            }
+        };
+        Ok(CreateOutcome::Duplicate {
+            job_id,
+            request_hash: record.request_hash,
+            status,
+            created_at,
+        })
+    }
 }
 
 fn read_job(item: Item) -> PortResult<Job> {
@@ -254,6 +309,8 @@ impl JobStore for DynamoStore {
                 pk: format!("{}#{}", job.tenant_id, claim.key.as_str()),
                 job_id: job.id.as_str().to_owned(),
                 request_hash: claim.request_hash.clone(),
+                status: Some(job.status),
+                created_at: Some(job.created_at),
                 ttl: epoch_seconds(claim.expires_at),
             };
             let put = Put::builder()
@@ -271,20 +328,27 @@ impl JobStore for DynamoStore {
             items.push(TransactWriteItem::builder().put(put).build());
         }
 
-        let Some(reasons) = self.transact(items).await? else {
-            return Ok(CreateOutcome::Created);
+        let reasons = match self.try_transact(items).await? {
+            Ok(()) => return Ok(CreateOutcome::Created),
+            Err(Cancelled::Conditions(reasons)) => reasons,
+            Err(Cancelled::Contended(reasons, error)) => {
+                let on_record = reasons
+                    .get(3)
+                    .and_then(CancellationReason::code)
+                    .is_some_and(|code| code == "TransactionConflict");
+                return if on_record {
+                    Ok(CreateOutcome::IdempotencyInProgress)
+                } else {
+                    Err(error)
+                };
+            }
         };
         if let Some(existing) = reasons.get(3).filter(|r| failed_condition(Some(r))) {
             let item = existing.item().cloned().ok_or_else(|| {
                 internal("idempotency condition failed without returning the record")
             })?;
             let record: IdempotencyItem = serde_dynamo::from_item(item).map_err(internal)?;
-            let job_id = JobId::parse(&record.job_id)
-                .ok_or_else(|| internal("bad job id in idempotency record"))?;
-            return Ok(CreateOutcome::Duplicate {
-                job_id,
-                request_hash: record.request_hash,
-            });
+            return self.duplicate(record).await;
         }
         if failed_condition(reasons.first()) {
             return Ok(CreateOutcome::DailyCapReached);

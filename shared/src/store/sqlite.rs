@@ -210,9 +210,22 @@ impl JobStore for SqliteStore {
                     if let Some((job_id, request_hash)) = existing {
                         let job_id = JobId::parse(&job_id)
                             .ok_or_else(|| internal("bad job id in idempotency row"))?;
+                        // The row names the job; its creation time is in the job itself, read
+                        // in the same transaction (a local read, unlike DynamoDB's call).
+                        let body: String = tx
+                            .query_row(
+                                "SELECT body FROM jobs WHERE id = ?1",
+                                params![job_id.as_str()],
+                                |row| row.get(0),
+                            )
+                            .optional()
+                            .map_err(internal)?
+                            .ok_or_else(|| internal("idempotency row names a missing job"))?;
                         return Ok(CreateOutcome::Duplicate {
                             job_id,
                             request_hash,
+                            status: JobStatus::Queued,
+                            created_at: decode_job(&body)?.created_at,
                         });
                     }
                 }
