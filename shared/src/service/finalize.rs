@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::domain::{IdempotencyKey, Job, JobStatus, Mode, Prompt, Tenant};
 use crate::fetch::ImageSource;
 use crate::ports::{PortError, WriteOutcome};
-use crate::service::submit::{self, Accepted, Submission, SubmitError};
+use crate::service::submit::{self, Accepted, AcceptedJob, Submission, SubmitError};
 
 /// Why a draft could not be finalized.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,9 @@ pub async fn finalize(app: &App, tenant: &Tenant, draft: &Job) -> Result<Accepte
             .map_err(SubmitError::Port)?
         {
             return Ok(Accepted {
-                job,
+                job: AcceptedJob::of(&job),
                 created: false,
+                new_job: Some(Box::new(job)),
             });
         }
     }
@@ -95,15 +96,16 @@ async fn record_final(app: &App, draft: &Job, accepted: Accepted) -> Result<Acce
                 let recorded = app.store.get_job(id).await?.ok_or_else(|| {
                     PortError::Internal(format!("draft {} names a missing final job", draft.id))
                 })?;
-                if accepted.created {
+                if let (true, Some(second)) = (accepted.created, accepted.new_job) {
                     warn!(draft_id = %draft.id, job_id = %accepted.job.id, "second final job canceled");
-                    if let Err(e) = crate::service::jobs::cancel(app, accepted.job).await {
+                    if let Err(e) = crate::service::jobs::cancel(app, *second).await {
                         warn!(draft_id = %draft.id, error = %e, "second final job not canceled");
                     }
                 }
                 return Ok(Accepted {
-                    job: recorded,
+                    job: AcceptedJob::of(&recorded),
                     created: false,
+                    new_job: Some(Box::new(recorded)),
                 });
             }
             None => {}

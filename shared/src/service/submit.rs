@@ -89,6 +89,17 @@ pub struct AcceptedJob {
     pub created_at: DateTime<Utc>,
 }
 
+impl AcceptedJob {
+    /// What a first answer says about `job`.
+    pub fn of(job: &Job) -> Self {
+        Self {
+            id: job.id.clone(),
+            status: job.status,
+            created_at: job.created_at,
+        }
+    }
+}
+
 /// The accepted job, and whether this call created it (false for an idempotent repeat).
 #[derive(Debug, Clone)]
 pub struct Accepted {
