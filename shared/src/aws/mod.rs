@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 
-pub use settings::{AwsSettings, SettingsError};
+pub use settings::{AwsSettings, FunctionTimeouts, SettingsError};
 
 use crate::app::App;
 use crate::blob::s3::S3BlobStore;
@@ -230,10 +230,10 @@ pub async fn app_from_parts(
         keys,
         provider: lambda_provider()?,
         webhooks: WebhookSender::new(policy, settings.webhook_timeout),
-        deliveries: Arc::new(DynamoDeliveryLog::new(
-            clients.dynamo.clone(),
-            settings.tables.deliveries.clone(),
-        )),
+        deliveries: Arc::new(
+            DynamoDeliveryLog::new(clients.dynamo.clone(), settings.tables.deliveries.clone())
+                .with_ttl(settings.deliveries_ttl),
+        ),
         settings: Arc::new(app_settings),
         worker_id: settings.worker_id.clone(),
     };
