@@ -23,8 +23,6 @@ use crate::deliveries::DynamoDeliveryLog;
 use crate::limiter::registry_dynamo::DynamoKeyRegistry;
 use crate::limiter::{KeyPool, LimiterSettings, LocalLimiter, RedisLimiter, RedisSettings};
 use crate::ports::{JobStore, KeyRegistry, Limiter, PortError, Provider, SecretStore};
-use crate::provider::gemini::{GeminiProvider, GeminiSettings};
-use crate::provider::OfflineProvider;
 use crate::queue::sqs::SqsQueue;
 use crate::secrets::aws::AwsSecrets;
 use crate::store::dynamo::DynamoStore;
@@ -138,17 +136,13 @@ pub async fn lambda_limiter(pool: Arc<KeyPool>) -> Result<Arc<dyn Limiter>, Star
     Ok(Arc::new(limiter))
 }
 
-/// The image model: Gemini when `GEMINI_API_KEY` is set, else the offline renderer.
+/// The image model `IMAGEGEN_PROVIDER` asks for (`gemini` with keys from the pool in the SAM
+/// template); unset, Gemini when `GEMINI_API_KEY` is set, else the offline renderer.
 ///
 /// # Errors
-/// [`StartError::Provider`] when the Gemini settings are malformed.
+/// [`StartError::Provider`] when the provider settings are malformed.
 pub fn lambda_provider() -> Result<Arc<dyn Provider>, StartError> {
-    match GeminiSettings::from_env().map_err(StartError::Provider)? {
-        Some(gemini) => Ok(Arc::new(
-            GeminiProvider::new(gemini).map_err(StartError::Provider)?,
-        )),
-        None => Ok(Arc::new(OfflineProvider::default())),
-    }
+    crate::provider::provider_from_env().map_err(StartError::Provider)
 }
 
 /// Read settings from the environment, build clients, and wire the AWS adapters.
