@@ -4,17 +4,19 @@
 //!
 //! Run with `cargo test -p imagegen-tests --test batches`.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imagegen::domain::{JobId, JobStatus, Mode, Plan, Prompt, Tenant};
+use imagegen::domain::{JobId, JobStatus, Mode, Plan, Prompt, Tenant, WebhookEvent, WebhookUrl};
 use imagegen::handlers;
 use imagegen::ports::{
     Generation, GenerationRequest, Provider, ProviderError, QueueConsumer, QueueName,
 };
 use imagegen::provider::OfflineProvider;
 use imagegen::service::submit::{submit, Submission};
+use imagegen::service::webhooks::{self, EndpointSettings};
 use imagegen_tests::harness::{fast_settings, Harness};
 use secrecy::SecretString;
 
@@ -144,4 +146,72 @@ async fn a_failing_record_is_the_only_one_the_batch_response_names() {
         .collect();
     assert_eq!(failed, vec!["unreadable"]);
     assert_eq!(status(&h, &good).await, JobStatus::Succeeded);
+}
+
+/// A webhook receiver that answers 204 after [`LATENCY`]; returns its URL and a count of the
+/// requests it answered.
+async fn slow_receiver() -> (String, Arc<AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let answered = Arc::new(AtomicU32::new(0));
+    let counter = answered.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                tokio::time::sleep(LATENCY).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (format!("http://{address}/hook"), answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_webhooks_of_one_batch_are_delivered_in_about_one_receiver_latency() {
+    let mut settings = fast_settings();
+    settings.lease = Duration::from_secs(10);
+    let h = Harness::new(settings).await;
+    let tenant = h.tenant(plan()).await;
+    let (url, answered) = slow_receiver().await;
+    let endpoint = EndpointSettings {
+        url: WebhookUrl::parse(&url, true).expect("url"),
+        events: WebhookEvent::ALL.to_vec(),
+        enabled: true,
+    };
+    webhooks::configure(&h.app, &tenant.id, endpoint)
+        .await
+        .expect("webhook configured");
+    submit_one(&h, &tenant).await;
+    submit_one(&h, &tenant).await;
+    h.pump(QueueName::Generate).await;
+    let batch = h
+        .queue
+        .receive(QueueName::Webhook, 10, Duration::from_secs(30))
+        .await
+        .expect("receive");
+    assert_eq!(batch.len(), 2, "both events in one batch");
+
+    let started = Instant::now();
+    let response = handlers::webhook_batch(
+        &h.app,
+        imagegen_local::sqs_event(QueueName::Webhook, &batch),
+    )
+    .await;
+    let took = started.elapsed();
+
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(answered.load(Ordering::SeqCst), 2, "both delivered");
+    assert!(
+        took < LATENCY * 3 / 2,
+        "a batch of two took {took:?}; one after another would take {:?}",
+        LATENCY * 2
+    );
 }
