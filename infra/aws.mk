@@ -1,6 +1,6 @@
 # AWS targets, included from the Makefile.
 #
-#   make build-lambda            release arm64 zips of the four functions (cargo-lambda)
+#   make build-lambda            release arm64 zips of the five functions (cargo-lambda)
 #   make invoke FN=poll EVENT=events/poll.json
 #                                run one function locally on a sample event (cargo-lambda)
 #   make lint-template           cfn-lint on template.yaml

@@ -338,3 +338,23 @@ async fn a_key_the_upstream_calls_invalid_is_disabled_and_reported() {
     assert_eq!(key["health"]["disabled"], true);
     api.runner.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_listed_key_route_is_really_served() {
+    let api = Api::start().await;
+
+    for (method, path) in imagegen::http::ADMIN_KEY_ROUTES {
+        api.group("g1").await;
+        let _ = api.add_key("k1", "g1", GOOD).await;
+        let path = path.replace("{group}", "g1").replace("{key}", "k1");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+
+        let (status, body) = api.admin(method.clone(), &path, Some(json!({}))).await;
+
+        let code = body["error"]["code"].as_str().unwrap_or_default();
+        assert!(
+            code != "NOT_FOUND" && code != "METHOD_NOT_ALLOWED",
+            "{method} {path} is listed but not served: {status} {body}"
+        );
+    }
+}

@@ -377,12 +377,16 @@ async fn serve_file(
     }
 }
 
-/// The provider the environment asks for: the offline renderer unless `GEMINI_API_KEY` is
-/// set, then the Gemini client with the `GEMINI_*` settings (`docs/provider.md`).
+/// The provider the environment asks for: `IMAGEGEN_PROVIDER` when set (`gemini` takes keys
+/// from the pool), else the offline renderer unless `GEMINI_API_KEY` is set, then the Gemini
+/// client with the `GEMINI_*` settings (`docs/provider.md`).
 ///
 /// # Errors
 /// A message naming the setting that is wrong.
 pub fn provider_from_env() -> Result<Option<Arc<dyn Provider>>, String> {
+    if std::env::var_os("IMAGEGEN_PROVIDER").is_some() {
+        return imagegen::provider::provider_from_env().map(Some);
+    }
     match GeminiSettings::from_env()? {
         None => Ok(None),
         Some(settings) => Ok(Some(Arc::new(GeminiProvider::new(settings)?))),

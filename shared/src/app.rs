@@ -18,7 +18,8 @@ pub struct AppSettings {
     pub retry: RetryPolicy,
     /// Longest deadline a submission may ask for.
     pub max_deadline: Duration,
-    /// How long a RUNNING job's lease lasts; must end before the function timeout.
+    /// How long a RUNNING job's lease lasts: longer than the reference-image fetch and the
+    /// upstream call together, shorter than the function timeout.
     pub lease: Duration,
     /// How long the upstream call may take; shorter than `lease`.
     pub provider_timeout: Duration,
@@ -48,7 +49,7 @@ impl Default for AppSettings {
             max_attempts: 4,
             retry: RetryPolicy::default(),
             max_deadline: Duration::from_secs(7 * 24 * 3600),
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(130),
             provider_timeout: Duration::from_secs(100),
             result_url_ttl: Duration::from_secs(3600),
             webhook_url_ttl: Duration::from_secs(24 * 3600),

@@ -1,8 +1,13 @@
 //! The queue handlers Lambda calls (and the local runner calls the same way): each takes an
 //! `SqsEvent` and answers with a partial batch response naming only the messages to retry.
+//!
+//! A batch's records are worked at once, not one after another: each record's lease and
+//! upstream call are sized to fit the function timeout on their own, so a record must not wait
+//! for the ones before it.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
+use futures_util::future::join_all;
 use tracing::{error, warn, Instrument};
 
 use crate::app::App;
@@ -20,16 +25,24 @@ fn receive_count(record: &SqsMessage) -> u32 {
         .unwrap_or(1)
 }
 
-/// Handle a batch from the generate queue.
+/// Handle a batch from the generate queue, every record at once.
 pub async fn generate_batch(app: &App, event: SqsEvent) -> SqsBatchResponse {
-    let mut response = SqsBatchResponse::default();
-    for record in event.records {
+    let work = event.records.into_iter().map(|record| async move {
         let message_id = record.message_id.clone().unwrap_or_default();
         let span = tracing::info_span!("generate_message", message_id = %message_id);
-        let failed = async { !generate_one(app, &record, &message_id).await }
+        let done = generate_one(app, &record, &message_id)
             .instrument(span)
             .await;
-        if failed {
+        (message_id, done)
+    });
+    batch_response(join_all(work).await)
+}
+
+/// The partial batch response naming every message that was not done with.
+fn batch_response(outcomes: Vec<(String, bool)>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for (message_id, done) in outcomes {
+        if !done {
             response.add_failure(message_id);
         }
     }
@@ -93,30 +106,28 @@ async fn fail_poisoned(app: &App, message: &GenerateMessage, message_id: &str) {
     }
 }
 
-/// Handle a batch from the webhook queue.
+/// Handle a batch from the webhook queue, every record at once.
 pub async fn webhook_batch(app: &App, event: SqsEvent) -> SqsBatchResponse {
-    let mut response = SqsBatchResponse::default();
-    for record in event.records {
+    let work = event.records.into_iter().map(|record| async move {
         let message_id = record.message_id.clone().unwrap_or_default();
         let span = tracing::info_span!("webhook_message", message_id = %message_id);
-        let ok = async {
-            let body = record.body.as_deref().unwrap_or_default();
-            match serde_json::from_str::<WebhookMessage>(body) {
-                Ok(message) => match deliver::process(app, &message).await {
-                    Ok(()) => true,
-                    Err(e) => !e.retryable,
-                },
-                Err(e) => {
-                    error!(error = %e, "unreadable webhook message");
-                    false
-                }
-            }
-        }
-        .instrument(span)
-        .await;
-        if !ok {
-            response.add_failure(message_id);
+        let done = webhook_one(app, &record).instrument(span).await;
+        (message_id, done)
+    });
+    batch_response(join_all(work).await)
+}
+
+/// Returns whether the message is done with (true) or must come back (false).
+async fn webhook_one(app: &App, record: &SqsMessage) -> bool {
+    let body = record.body.as_deref().unwrap_or_default();
+    match serde_json::from_str::<WebhookMessage>(body) {
+        Ok(message) => match deliver::process(app, &message).await {
+            Ok(()) => true,
+            Err(e) => !e.retryable,
+        },
+        Err(e) => {
+            error!(error = %e, "unreadable webhook message");
+            false
         }
     }
-    response
 }

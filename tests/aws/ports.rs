@@ -1161,3 +1161,78 @@ on_both!(
 fn job_for_another_tenant() -> Job {
     job(&TenantId::generate())
 }
+
+// ---- dead letters and the delivery log ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_dead_letter_url_is_sent_to_without_looking_it_up() {
+    let stack = Stack::new(MAX_RECEIVES).await;
+    let mut urls = stack.queues();
+    urls.webhook_dead_letter = Some(format!("{}-dlq", urls.webhook));
+    let queue = SqsQueue::new(stack.clients.sqs.clone(), urls);
+    stack.counter.reset();
+
+    queue
+        .send_to_dead_letter(QueueName::Webhook, "failed for good")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let calls = stack.counter.snapshot();
+    let dead = queue
+        .dead_letters(QueueName::Webhook)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(
+        calls.values().sum::<u32>(),
+        1,
+        "one send, no lookups: {calls:?}"
+    );
+    assert!(
+        calls.keys().all(|op| op.ends_with(".SendMessage")),
+        "{calls:?}"
+    );
+    assert_eq!(dead, vec!["failed for good".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_log_items_carry_a_ttl_so_dynamodb_expires_them() {
+    let stack = Stack::new(MAX_RECEIVES).await;
+    let table = stack.tables().deliveries;
+    let log = DynamoDeliveryLog::new(stack.clients.dynamo.clone(), table.clone())
+        .with_ttl(Duration::from_secs(24 * 3600));
+    let tenant = TenantId::new("ten_ttl");
+    let record = WebhookEventRecord {
+        event_id: "evt_1".into(),
+        job_id: job(&tenant).id,
+        tenant_id: tenant,
+        event_type: WebhookEvent::JobSucceeded,
+        body: "{}".into(),
+        created_at: Utc::now(),
+    };
+
+    log.record_event(&record)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let items = stack
+        .clients
+        .dynamo
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("scan: {e:?}"))
+        .items
+        .unwrap_or_default();
+
+    let expected = Utc::now().timestamp() + 24 * 3600;
+    let ttls: Vec<i64> = items
+        .iter()
+        .filter_map(|item| item.get("ttl")?.as_n().ok()?.parse().ok())
+        .collect();
+    assert_eq!(ttls.len(), 1, "{items:?}");
+    assert!(
+        (ttls[0] - expected).abs() < 60,
+        "ttl {} vs {expected}",
+        ttls[0]
+    );
+}

@@ -1,7 +1,6 @@
-//! The `poll` Lambda: the API routes that read (`GET /v1/jobs`, `GET /v1/jobs/{id}`,
-//! `GET /v1/usage`) and API Gateway's default route, so a path we do not serve gets our JSON
-//! 404. It serves the same axum router as the local runner; result URLs are signed fresh on
-//! every poll.
+//! The `poll` Lambda: the API routes that read (`GET` and `HEAD` under `/v1`, admin reads
+//! included) and API Gateway's default route, so a path we do not serve gets our JSON 404. It
+//! serves the same axum router as the local runner; result URLs are signed fresh on every poll.
 //!
 //! Build with `make build-lambda`; try with `make invoke FN=poll EVENT=events/poll.json`.
 

@@ -1,5 +1,6 @@
-//! The `submit` Lambda: the API routes that change state (`POST /v1/...`, `PUT /v1/webhook`),
-//! behind API Gateway's HTTP API. It serves the same axum router as the local runner.
+//! The `submit` Lambda: the API routes that change state (every method but `GET` and `HEAD`
+//! under `/v1`: submit, cancel, uploads, webhook and admin changes), behind API Gateway's HTTP
+//! API. It serves the same axum router as the local runner.
 //!
 //! Build with `make build-lambda`; try with `make invoke FN=submit EVENT=events/submit.json`.
 

@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 
 pub use limiter::LazyRedisLimiter;
-pub use settings::{AwsSettings, RedisTarget, SettingsError};
+pub use settings::{AwsSettings, FunctionTimeouts, RedisTarget, SettingsError};
 
 use crate::app::App;
 use crate::blob::s3::S3BlobStore;
@@ -25,8 +25,6 @@ use crate::deliveries::DynamoDeliveryLog;
 use crate::limiter::registry_dynamo::DynamoKeyRegistry;
 use crate::limiter::{KeyPool, LimiterSettings, LocalLimiter};
 use crate::ports::{JobStore, KeyRegistry, Limiter, PortError, Provider, SecretStore};
-use crate::provider::gemini::{GeminiProvider, GeminiSettings};
-use crate::provider::OfflineProvider;
 use crate::queue::sqs::SqsQueue;
 use crate::secrets::aws::AwsSecrets;
 use crate::store::dynamo::DynamoStore;
@@ -136,17 +134,13 @@ pub async fn lambda_limiter(redis: Option<&RedisTarget>, pool: Arc<KeyPool>) -> 
     Arc::new(limiter)
 }
 
-/// The image model: Gemini when `GEMINI_API_KEY` is set, else the offline renderer.
+/// The image model `IMAGEGEN_PROVIDER` asks for (`gemini` with keys from the pool in the SAM
+/// template); unset, Gemini when `GEMINI_API_KEY` is set, else the offline renderer.
 ///
 /// # Errors
-/// [`StartError::Provider`] when the Gemini settings are malformed.
+/// [`StartError::Provider`] when the provider settings are malformed.
 pub fn lambda_provider() -> Result<Arc<dyn Provider>, StartError> {
-    match GeminiSettings::from_env().map_err(StartError::Provider)? {
-        Some(gemini) => Ok(Arc::new(
-            GeminiProvider::new(gemini).map_err(StartError::Provider)?,
-        )),
-        None => Ok(Arc::new(OfflineProvider::default())),
-    }
+    crate::provider::provider_from_env().map_err(StartError::Provider)
 }
 
 /// Read settings from the environment, build clients, and wire the AWS adapters.
@@ -228,10 +222,10 @@ pub async fn app_from_parts(
         keys,
         provider: lambda_provider()?,
         webhooks: WebhookSender::new(policy, settings.webhook_timeout),
-        deliveries: Arc::new(DynamoDeliveryLog::new(
-            clients.dynamo.clone(),
-            settings.tables.deliveries.clone(),
-        )),
+        deliveries: Arc::new(
+            DynamoDeliveryLog::new(clients.dynamo.clone(), settings.tables.deliveries.clone())
+                .with_ttl(settings.deliveries_ttl),
+        ),
         settings: Arc::new(app_settings),
         worker_id: settings.worker_id.clone(),
     };

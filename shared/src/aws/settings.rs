@@ -42,7 +42,13 @@ pub struct AwsSettings {
     pub admin_token_secret: Option<String>,
     /// How long job events are kept before DynamoDB's TTL removes them.
     pub events_ttl: Duration,
+    /// How long webhook events and delivery attempts are kept before DynamoDB's TTL removes
+    /// them.
+    pub deliveries_ttl: Duration,
     pub webhook_timeout: Duration,
+    /// The queue functions' timeouts, as the template sets them; checked against the lease
+    /// and the webhook timeout at cold start.
+    pub function_timeouts: FunctionTimeouts,
     /// Emulators only: address buckets by path rather than by host name.
     pub s3_path_style: bool,
     /// Tests and emulators only: accept plain-http and loopback webhook and image URLs.
@@ -98,13 +104,13 @@ impl AwsSettings {
             poison_receives: env.number("IMAGEGEN_POISON_RECEIVES", defaults.poison_receives)?,
             ..defaults
         };
-        if app.provider_timeout >= app.lease {
-            return Err(SettingsError::Invalid {
-                name: "IMAGEGEN_PROVIDER_TIMEOUT_SECONDS",
-                value: app.provider_timeout.as_secs().to_string(),
-                expected: "fewer seconds than IMAGEGEN_LEASE_SECONDS",
-            });
-        }
+        let timeouts = FunctionTimeouts {
+            generate: env.optional_seconds("IMAGEGEN_GENERATE_FUNCTION_TIMEOUT_SECONDS")?,
+            webhook: env.optional_seconds("IMAGEGEN_WEBHOOK_FUNCTION_TIMEOUT_SECONDS")?,
+        };
+        let webhook_timeout =
+            env.seconds("IMAGEGEN_WEBHOOK_TIMEOUT_SECONDS", Duration::from_secs(15))?;
+        check_timeouts(&app, webhook_timeout, timeouts)?;
 
         Ok(Self {
             tables: DynamoTables {
@@ -119,6 +125,8 @@ impl AwsSettings {
             queues: QueueUrls {
                 generate: env.required("IMAGEGEN_GENERATE_QUEUE_URL")?,
                 webhook: env.required("IMAGEGEN_WEBHOOK_QUEUE_URL")?,
+                generate_dead_letter: env.optional("IMAGEGEN_GENERATE_DLQ_URL"),
+                webhook_dead_letter: env.optional("IMAGEGEN_WEBHOOK_DLQ_URL"),
             },
             bucket: env.required("IMAGEGEN_BUCKET")?,
             public_base_url: env
@@ -138,8 +146,11 @@ impl AwsSettings {
             events_ttl: Duration::from_secs(
                 env.number::<u64>("IMAGEGEN_EVENTS_TTL_DAYS", 90)? * 24 * 3600,
             ),
-            webhook_timeout: env
-                .seconds("IMAGEGEN_WEBHOOK_TIMEOUT_SECONDS", Duration::from_secs(15))?,
+            deliveries_ttl: Duration::from_secs(
+                env.number::<u64>("IMAGEGEN_DELIVERIES_TTL_DAYS", 30)? * 24 * 3600,
+            ),
+            webhook_timeout,
+            function_timeouts: timeouts,
             s3_path_style: env.flag("IMAGEGEN_S3_PATH_STYLE")?,
             allow_loopback: env.flag("IMAGEGEN_ALLOW_LOOPBACK")?,
             redis: env.redis()?,
@@ -149,6 +160,60 @@ impl AwsSettings {
             app,
         })
     }
+}
+
+/// The Lambda timeouts of the queue functions. `None` where the host sets no limit (the local
+/// runner, the test suites).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionTimeouts {
+    pub generate: Option<Duration>,
+    pub webhook: Option<Duration>,
+}
+
+/// Store and queue work a webhook attempt does besides the request itself.
+const WEBHOOK_MARGIN: Duration = Duration::from_secs(5);
+
+/// Every deadline must sit inside the one that encloses it: the reference-image fetch and the
+/// upstream call inside the lease, the lease inside the generate function's timeout, and one
+/// webhook attempt (plus its bookkeeping) inside the webhook function's. A job whose lease
+/// outlives its function is taken over while the first worker may still write.
+fn check_timeouts(
+    app: &AppSettings,
+    webhook_timeout: Duration,
+    functions: FunctionTimeouts,
+) -> Result<(), SettingsError> {
+    let invalid = |name, value: Duration, expected| SettingsError::Invalid {
+        name,
+        value: value.as_secs().to_string(),
+        expected,
+    };
+
+    if app.input_images.timeout + app.provider_timeout >= app.lease {
+        return Err(invalid(
+            "IMAGEGEN_LEASE_SECONDS",
+            app.lease,
+            "more seconds than IMAGEGEN_PROVIDER_TIMEOUT_SECONDS plus the 20 s image fetch",
+        ));
+    }
+    if let Some(generate) = functions.generate {
+        if app.lease >= generate {
+            return Err(invalid(
+                "IMAGEGEN_GENERATE_FUNCTION_TIMEOUT_SECONDS",
+                generate,
+                "more seconds than IMAGEGEN_LEASE_SECONDS",
+            ));
+        }
+    }
+    if let Some(webhook) = functions.webhook {
+        if webhook_timeout + WEBHOOK_MARGIN > webhook {
+            return Err(invalid(
+                "IMAGEGEN_WEBHOOK_FUNCTION_TIMEOUT_SECONDS",
+                webhook,
+                "at least IMAGEGEN_WEBHOOK_TIMEOUT_SECONDS plus 5",
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Env<'a> {
@@ -211,6 +276,13 @@ impl Env<'_> {
             redis.ca_pem = Some(pem);
         }
         Ok(Some(RedisTarget(redis)))
+    }
+
+    fn optional_seconds(&self, name: &'static str) -> Result<Option<Duration>, SettingsError> {
+        match self.optional(name) {
+            None => Ok(None),
+            Some(_) => self.seconds(name, Duration::ZERO).map(Some),
+        }
     }
 
     fn flag(&self, name: &'static str) -> Result<bool, SettingsError> {
@@ -300,19 +372,70 @@ mod tests {
         assert!(error.contains("two minutes"), "{error}");
     }
 
+    fn invalid_name(vars: &HashMap<&'static str, &'static str>) -> Option<&'static str> {
+        match read(vars) {
+            Err(SettingsError::Invalid { name, .. }) => Some(name),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn provider_timeout_must_end_before_the_lease() {
+    fn the_fetch_and_the_provider_call_must_end_before_the_lease() {
         let mut vars = complete();
         vars.insert("IMAGEGEN_LEASE_SECONDS", "60");
-        vars.insert("IMAGEGEN_PROVIDER_TIMEOUT_SECONDS", "60");
+        vars.insert("IMAGEGEN_PROVIDER_TIMEOUT_SECONDS", "40");
 
-        assert!(matches!(
-            read(&vars),
-            Err(SettingsError::Invalid {
-                name: "IMAGEGEN_PROVIDER_TIMEOUT_SECONDS",
-                ..
-            })
-        ));
+        assert_eq!(invalid_name(&vars), Some("IMAGEGEN_LEASE_SECONDS"));
+        let message = read(&vars).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("IMAGEGEN_PROVIDER_TIMEOUT_SECONDS"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_lease_outliving_the_generate_function_is_named_in_the_error() {
+        let mut vars = complete();
+        vars.insert("IMAGEGEN_LEASE_SECONDS", "130");
+        vars.insert("IMAGEGEN_PROVIDER_TIMEOUT_SECONDS", "100");
+        vars.insert("IMAGEGEN_GENERATE_FUNCTION_TIMEOUT_SECONDS", "120");
+
+        assert_eq!(
+            invalid_name(&vars),
+            Some("IMAGEGEN_GENERATE_FUNCTION_TIMEOUT_SECONDS")
+        );
+
+        vars.insert("IMAGEGEN_GENERATE_FUNCTION_TIMEOUT_SECONDS", "150");
+        assert!(read(&vars).is_ok());
+    }
+
+    #[test]
+    fn a_webhook_function_shorter_than_one_attempt_is_named_in_the_error() {
+        let mut vars = complete();
+        vars.insert("IMAGEGEN_WEBHOOK_TIMEOUT_SECONDS", "15");
+        vars.insert("IMAGEGEN_WEBHOOK_FUNCTION_TIMEOUT_SECONDS", "15");
+
+        assert_eq!(
+            invalid_name(&vars),
+            Some("IMAGEGEN_WEBHOOK_FUNCTION_TIMEOUT_SECONDS")
+        );
+
+        vars.insert("IMAGEGEN_WEBHOOK_FUNCTION_TIMEOUT_SECONDS", "30");
+        assert!(read(&vars).is_ok());
+    }
+
+    #[test]
+    fn dead_letter_queue_urls_are_read_when_set() {
+        let mut vars = complete();
+        vars.insert("IMAGEGEN_WEBHOOK_DLQ_URL", "https://sqs/webhook-dlq");
+
+        let settings = read(&vars).unwrap_or_else(|e| panic!("{e}"));
+
+        assert_eq!(
+            settings.queues.webhook_dead_letter.as_deref(),
+            Some("https://sqs/webhook-dlq")
+        );
+        assert_eq!(settings.queues.generate_dead_letter, None);
     }
 
     #[test]
@@ -323,5 +446,7 @@ mod tests {
         assert_eq!(settings.public_base_url, None);
         assert!(!settings.allow_loopback);
         assert_eq!(settings.events_ttl, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(settings.deliveries_ttl, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(settings.function_timeouts, FunctionTimeouts::default());
     }
 }

@@ -1,29 +1,51 @@
 //! The DynamoDB delivery log: one partition per job (`jobId`), with sort keys
 //! `EVT#<event>` for each event and `ATT#<event>#<round>#<attempt>` for each attempt. Every
-//! write is conditioned on the item not existing, so repeating one changes nothing.
+//! write is conditioned on the item not existing, so repeating one changes nothing. Every item
+//! carries a `ttl` (epoch seconds) so DynamoDB removes old logs on its own.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use crate::aws::sdk_error;
+use crate::aws::{epoch_seconds, sdk_error};
 use crate::domain::JobId;
 use crate::ports::{
     DeliveryAttempt, DeliveryLog, EventDeliveries, PortError, PortResult, WebhookEventRecord,
 };
+
+/// How long log items are kept unless [`DynamoDeliveryLog::with_ttl`] says otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The DynamoDB [`DeliveryLog`].
 #[derive(Clone)]
 pub struct DynamoDeliveryLog {
     client: Client,
     table: String,
+    ttl: Duration,
 }
 
 impl DynamoDeliveryLog {
     pub fn new(client: Client, table: String) -> Self {
-        Self { client, table }
+        Self {
+            client,
+            table,
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    /// Keep items for `ttl` after they are written.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    fn expires_at(&self) -> i64 {
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        epoch_seconds(chrono::Utc::now()).saturating_add(ttl)
     }
 
     async fn put_once(&self, job: &JobId, sort: String, body: String) -> PortResult<()> {
@@ -34,6 +56,7 @@ impl DynamoDeliveryLog {
             .item("jobId", AttributeValue::S(job.to_string()))
             .item("sk", AttributeValue::S(sort))
             .item("body", AttributeValue::S(body))
+            .item("ttl", AttributeValue::N(self.expires_at().to_string()))
             .condition_expression("attribute_not_exists(sk)")
             .send()
             .await;

@@ -114,21 +114,32 @@ impl GeminiSettings {
     /// # Errors
     /// A message naming the variable that is wrong.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
+        let has_key = get("GEMINI_API_KEY").is_some_and(|v| !v.trim().is_empty());
+        if !has_key {
+            return Ok(None);
+        }
+        Self::with_pool_from_lookup(get).map(Some)
+    }
+
+    /// Read settings through `get` whether or not `GEMINI_API_KEY` is set: without it, every
+    /// call takes its key from the key pool (`IMAGEGEN_PROVIDER=gemini`).
+    ///
+    /// # Errors
+    /// A message naming the variable that is wrong.
+    pub fn with_pool_from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let get = |name: &str| {
             get(name)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let Some(key) = get("GEMINI_API_KEY") else {
-            return Ok(None);
-        };
+        let key = get("GEMINI_API_KEY").map(SecretString::from);
 
         let base = get("GEMINI_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into());
         let base_url = Url::parse(&base)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or_else(|| format!("GEMINI_BASE_URL must be an http(s) URL, got {base:?}"))?;
-        let mut settings = Self::new(base_url, Some(SecretString::from(key)));
+        let mut settings = Self::new(base_url, key);
 
         if let Some(model) = get("GEMINI_DRAFT_MODEL") {
             settings.draft.model = model;
@@ -174,7 +185,7 @@ impl GeminiSettings {
         settings.timeout = seconds("GEMINI_TIMEOUT_SECS", settings.timeout)?;
         settings.connect_timeout =
             seconds("GEMINI_CONNECT_TIMEOUT_SECS", settings.connect_timeout)?;
-        Ok(Some(settings))
+        Ok(settings)
     }
 }
 

@@ -15,11 +15,14 @@ use crate::ports::{
     PortError, PortResult, Queue, QueueConsumer, QueueName, ReceivedMessage, MAX_QUEUE_DELAY,
 };
 
-/// The queues' URLs. Each queue's dead-letter queue is found through its redrive policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The queues' URLs. A dead-letter queue's URL, when not given, is found through its queue's
+/// redrive policy (two more calls and two more IAM rights).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueUrls {
     pub generate: String,
     pub webhook: String,
+    pub generate_dead_letter: Option<String>,
+    pub webhook_dead_letter: Option<String>,
 }
 
 /// The SQS [`Queue`] and [`QueueConsumer`].
@@ -41,8 +44,16 @@ impl SqsQueue {
         }
     }
 
-    /// The dead-letter queue's URL, read from the queue's redrive policy.
+    /// The dead-letter queue's URL: the configured one, else read from the redrive policy.
     async fn dead_letter_url(&self, queue: QueueName) -> PortResult<Option<String>> {
+        let configured = match queue {
+            QueueName::Generate => &self.urls.generate_dead_letter,
+            QueueName::Webhook => &self.urls.webhook_dead_letter,
+        };
+        if let Some(url) = configured {
+            return Ok(Some(url.clone()));
+        }
+
         let attributes = self
             .client
             .get_queue_attributes()
@@ -93,7 +104,7 @@ impl Queue for SqsQueue {
     }
 
     async fn send_to_dead_letter(&self, queue: QueueName, body: &str) -> PortResult<()> {
-        // Found through the redrive policy (two calls); this path runs only for events that
+        // Without a configured URL this costs two lookups; it runs only for events that
         // exhausted their retries.
         let url = self.dead_letter_url(queue).await?.ok_or_else(|| {
             PortError::Internal(format!("queue {} has no dead-letter queue", queue.as_str()))
