@@ -661,10 +661,12 @@ pub struct EventDeliveries {
 #[async_trait]
 pub trait DeliveryLog: Send + Sync {
     /// Keep an event the first time it is seen; later calls with the same id change nothing.
+    /// Returns the body kept for the event's id: this one when it was the first, else the one
+    /// recorded before it (in the same call, with no second read).
     ///
     /// # Errors
     /// [`PortError`] when the log cannot be written.
-    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<()>;
+    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<String>;
 
     /// Append one attempt. Writing the same (event, round, attempt) again changes nothing,
     /// so a redelivered queue message cannot log an attempt twice.

@@ -1125,9 +1125,14 @@ async fn events_and_attempts_read_back_per_job_in_order_once_each(log: Arc<dyn D
     }
     let mut changed = canceled.clone();
     changed.body = "changed".into();
-    log.record_event(&changed)
+    let kept = log
+        .record_event(&changed)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        kept, canceled.body,
+        "a second record answers with the first body"
+    );
     for a in [&replay, &second_try, &first, &first] {
         log.append(a).await.unwrap_or_else(|e| panic!("{e}"));
     }

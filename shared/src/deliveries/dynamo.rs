@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
 use crate::aws::{epoch_seconds, sdk_error};
@@ -48,7 +49,14 @@ impl DynamoDeliveryLog {
         epoch_seconds(chrono::Utc::now()).saturating_add(ttl)
     }
 
-    async fn put_once(&self, job: &JobId, sort: String, body: String) -> PortResult<()> {
+    /// Write an item unless its key exists. Returns the body already stored under the key
+    /// when there was one (`ReturnValuesOnConditionCheckFailure`, so no second read).
+    async fn put_once(
+        &self,
+        job: &JobId,
+        sort: String,
+        body: String,
+    ) -> PortResult<Option<String>> {
         let result = self
             .client
             .put_item()
@@ -58,17 +66,19 @@ impl DynamoDeliveryLog {
             .item("body", AttributeValue::S(body))
             .item("ttl", AttributeValue::N(self.expires_at().to_string()))
             .condition_expression("attribute_not_exists(sk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error(e)),
+            Ok(_) => Ok(None),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(failed
+                    .item()
+                    .and_then(|item| item.get("body"))
+                    .and_then(|b| b.as_s().ok())
+                    .cloned()),
+                _ => Err(sdk_error(e)),
+            },
         }
     }
 }
@@ -79,10 +89,18 @@ fn internal(e: impl std::fmt::Display) -> PortError {
 
 #[async_trait]
 impl DeliveryLog for DynamoDeliveryLog {
-    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<()> {
+    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<String> {
         let body = serde_json::to_string(event).map_err(internal)?;
-        self.put_once(&event.job_id, format!("EVT#{}", event.event_id), body)
-            .await
+        let earlier = self
+            .put_once(&event.job_id, format!("EVT#{}", event.event_id), body)
+            .await?;
+        match earlier {
+            None => Ok(event.body.clone()),
+            Some(stored) => {
+                let record: WebhookEventRecord = serde_json::from_str(&stored).map_err(internal)?;
+                Ok(record.body)
+            }
+        }
     }
 
     async fn append(&self, attempt: &DeliveryAttempt) -> PortResult<()> {
@@ -91,7 +109,8 @@ impl DeliveryLog for DynamoDeliveryLog {
             "ATT#{}#{:010}#{:010}",
             attempt.event_id, attempt.round, attempt.attempt
         );
-        self.put_once(&attempt.job_id, sort, body).await
+        self.put_once(&attempt.job_id, sort, body).await?;
+        Ok(())
     }
 
     async fn for_job(&self, job: &JobId) -> PortResult<Vec<EventDeliveries>> {

@@ -77,7 +77,7 @@ fn at(ms: i64) -> chrono::DateTime<chrono::Utc> {
 
 #[async_trait]
 impl DeliveryLog for SqliteDeliveryLog {
-    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<()> {
+    async fn record_event(&self, event: &WebhookEventRecord) -> PortResult<String> {
         let event = event.clone();
         let ready = Arc::clone(&self.schema_ready);
         self.db
@@ -97,7 +97,12 @@ impl DeliveryLog for SqliteDeliveryLog {
                     ],
                 )
                 .map_err(internal)?;
-                Ok(())
+                conn.query_row(
+                    "SELECT body FROM webhook_events WHERE event_id = ?1",
+                    params![event.event_id],
+                    |row| row.get::<_, String>(0),
+                )
+                .map_err(internal)
             })
             .await
     }
@@ -309,8 +314,8 @@ mod tests {
         second.body = "changed".into();
         let mut again = attempt(&job, "evt_a", 0, 1);
 
-        log.record_event(&first).await.expect("event");
-        log.record_event(&second).await.expect("event");
+        let kept_first = log.record_event(&first).await.expect("event");
+        let kept_second = log.record_event(&second).await.expect("event");
         log.append(&attempt(&job, "evt_a", 0, 1))
             .await
             .expect("append");
@@ -318,6 +323,11 @@ mod tests {
         log.append(&again).await.expect("append");
 
         let history = log.for_job(&job).await.expect("read");
+        assert_eq!(kept_first, first.body);
+        assert_eq!(
+            kept_second, first.body,
+            "the second write answers with the first body"
+        );
         assert_eq!(history[0].event.body, first.body);
         assert_eq!(history[0].attempts.len(), 1);
         assert_eq!(history[0].attempts[0].outcome, AttemptOutcome::Retrying);

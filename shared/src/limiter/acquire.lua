@@ -183,6 +183,7 @@ local function check(log, rpm, conc, n, spread)
 end
 
 -- How long request `r` must wait (0 = it can go now), and the candidate to use.
+local group_waits, group_loads, group_seen, decisions = {}, {}, {}, 0
 local function decide(r)
   local shared_wait = 0
   if global_rpm >= 0 or global_conc >= 0 then
@@ -196,17 +197,21 @@ local function decide(r)
   local soonest
   -- When the global or tenant level is full, its wait is the answer: no candidate needs a look.
   if shared_wait == 0 then
-    -- Keys of one project share its group: check each group once per request.
-    local group_waits, group_loads = {}, {}
+    -- Keys of one project share its group: check each group once per request (the tables
+    -- are the call's, marked with the request they were filled for).
+    decisions = decisions + 1
     for i = 1, ncand do
       local c = cands[i]
       local h = c.h
       if not (h and h.d == '1') then
-        local group_wait, group_load = group_waits[c.qf], group_loads[c.qf]
-        if not group_wait then
+        local group_wait, group_load
+        if group_seen[c.qf] == decisions then
+          group_wait, group_load = group_waits[c.qf], group_loads[c.qf]
+        else
           group_wait, group_load = check(c.qlog, c.qrpm, c.qconc, held[c.qf], true)
           if c.qcd - now > group_wait then group_wait = c.qcd - now end
-          group_waits[c.qf], group_loads[c.qf] = group_wait, group_load
+          group_waits[c.qf], group_loads[c.qf], group_seen[c.qf] =
+            group_wait, group_load, decisions
         end
         local wait, ewma, failures = 0, 0, 0
         if h then
@@ -282,7 +287,7 @@ for j = 1, nreq do
     local key_id, group_id = '', ''
     if c then key_id, group_id = string.sub(c.kf, 3), string.sub(c.qf, 3) end
     local short = now .. '-' .. r.suffix
-    local lease = table.concat({short, flag, key_id, group_id, r.tenant}, '|')
+    local lease = short .. '|' .. flag .. '|' .. key_id .. '|' .. group_id .. '|' .. r.tenant
 
     take(r.tf)
     if flag == '1' then take('g') end

@@ -28,7 +28,7 @@ local a = 6
 for j = 1, n do
   local nf = tonumber(ARGV[a + 6])
   local r = {lease = ARGV[a + 1], outcome = ARGV[a + 2], wait = tonumber(ARGV[a + 3]),
-    kf = ARGV[a + 4], qf = ARGV[a + 5], fields = {unpack(ARGV, a + 7, a + 6 + nf)},
+    kf = ARGV[a + 4], qf = ARGV[a + 5], first = a + 7, last = a + 6 + nf,
     tlog = KEYS[4 * j + 1], klog = KEYS[4 * j + 2], qlog = KEYS[4 * j + 3],
     samples = KEYS[4 * j + 4]}
   releases[j] = r
@@ -55,7 +55,8 @@ redis.call('ZREM', index, unpack(removed))
 local fields, seen = {}, {}
 for _, r in ipairs(releases) do
   if r.held then
-    for _, f in ipairs(r.fields) do
+    for i = r.first, r.last do
+      local f = ARGV[i]
       if not seen[f] then
         seen[f] = true
         fields[#fields + 1] = f
@@ -68,7 +69,10 @@ local left = {}
 for i, f in ipairs(fields) do left[f] = tonumber(values[i]) or 0 end
 for _, r in ipairs(releases) do
   if r.held then
-    for _, f in ipairs(r.fields) do left[f] = math.max(left[f] - 1, 0) end
+    for i = r.first, r.last do
+      local f = ARGV[i]
+      if left[f] > 0 then left[f] = left[f] - 1 end
+    end
   end
 end
 local writes, zeros = {}, {}

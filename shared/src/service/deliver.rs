@@ -125,6 +125,7 @@ pub async fn process(app: &App, message: &WebhookMessage) -> Result<(), WorkErro
     // id carries exactly those bytes.
     let body = match recorded_body(&history, &message.event_id) {
         Some(body) => body,
+        // Another copy may have recorded its body since the read: the write says which won.
         None => {
             app.deliveries
                 .record_event(&WebhookEventRecord {
@@ -135,9 +136,7 @@ pub async fn process(app: &App, message: &WebhookMessage) -> Result<(), WorkErro
                     body: message.body.clone(),
                     created_at: now,
                 })
-                .await?;
-            let history = app.deliveries.for_job(&message.job_id).await?;
-            recorded_body(&history, &message.event_id).unwrap_or_else(|| message.body.clone())
+                .await?
         }
     };
     let message = &WebhookMessage {
