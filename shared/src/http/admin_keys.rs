@@ -17,21 +17,6 @@ use super::routes::HttpState;
 use crate::domain::{ErrorCode, KeyState, Limits, QuotaGroupId, UpstreamKeyId};
 use crate::service::keys::{self, KeyAdminError, KeyUpdate, NewKey};
 
-/// Every (method, path) served here. They are for operators and not in `docs/openapi.yaml`
-/// (see `docs/limiter.md`), so they are listed apart from [`super::ROUTES`].
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/admin/quota-groups"),
-    ("PUT", "/v1/admin/quota-groups/{group}"),
-    ("DELETE", "/v1/admin/quota-groups/{group}"),
-    ("GET", "/v1/admin/keys"),
-    ("POST", "/v1/admin/keys"),
-    ("GET", "/v1/admin/keys/{key}"),
-    ("PATCH", "/v1/admin/keys/{key}"),
-    ("DELETE", "/v1/admin/keys/{key}"),
-    ("POST", "/v1/admin/keys/{key}:disable"),
-    ("POST", "/v1/admin/keys/{key}:enable"),
-];
-
 /// The routes, merged into the main router.
 pub fn routes() -> Router<HttpState> {
     Router::new()

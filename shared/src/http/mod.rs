@@ -9,6 +9,5 @@ mod inputs;
 mod routes;
 mod webhooks;
 
-pub use admin_keys::ROUTES as ADMIN_KEY_ROUTES;
 pub use error::ApiError;
 pub use routes::{router, MAX_BODY_BYTES, ROUTES};
