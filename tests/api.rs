@@ -2,6 +2,7 @@
 //! idempotency and the usage ledger.
 
 use imagegen_tests::{assert_error, TestApp};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 async fn raw_post(app: &TestApp, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
@@ -497,6 +498,55 @@ async fn unknown_routes_and_methods_answer_json_errors() {
 }
 
 #[tokio::test]
+async fn a_tenant_is_refused_for_an_unknown_plan_field_or_a_bad_name() {
+    let app = TestApp::spawn().await;
+    let create = |body: Value| {
+        app.http
+            .post(app.url("/v1/admin/tenants"))
+            .bearer_auth(app.admin.expose_secret())
+            .json(&body)
+            .send()
+    };
+    let plan = json!({ "requestsPerMinute": 1, "dailyCap": 1, "maxConcurrency": 1 });
+    let mut extra = plan.clone();
+    extra["x"] = json!(1);
+    let emoji = "\u{1F600}".repeat(51);
+
+    let refused = [
+        json!({ "name": "p", "plan": extra }),
+        json!({ "name": "a\u{0}b" }),
+        json!({ "name": "\u{1F600}".repeat(201) }),
+    ];
+    for body in refused {
+        let response = create(body.clone()).await.expect("create");
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.expect("json");
+        assert_error(status, &answer, 400, "INVALID_REQUEST");
+    }
+    let accepted = create(json!({ "name": emoji, "plan": plan }))
+        .await
+        .expect("create");
+
+    assert_eq!(
+        accepted.status().as_u16(),
+        201,
+        "51 characters (204 bytes) are within 200"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_cursor_is_the_first_page() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant().await;
+    app.submit(&tenant, json!({ "prompt": "one" })).await;
+
+    let (status, page) = app.get(&tenant, "/v1/jobs?cursor=").await;
+
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(1), "{page}");
+}
+
+#[tokio::test]
 async fn admin_routes_refuse_tenant_keys() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant().await;
@@ -520,7 +570,7 @@ async fn deadline_outside_its_range_is_refused_and_a_valid_one_is_shown_on_the_j
     let app = TestApp::spawn().await;
     let tenant = app.tenant().await;
 
-    for seconds in [0, 604_801] {
+    for seconds in [-1, 0, 604_801] {
         let (status, body) = app
             .submit(
                 &tenant,

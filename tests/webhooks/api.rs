@@ -202,6 +202,43 @@ async fn bad_endpoint_settings_get_a_400_with_a_stable_code() {
 }
 
 #[tokio::test]
+async fn a_bad_rotation_body_gets_the_same_json_errors_as_every_other_route() {
+    let service = Harness::start(Setup::default()).await;
+    let tenant = service.tenant().await;
+    service
+        .hook_secret(&tenant.key, "http://127.0.0.1:9/hook")
+        .await;
+    let rotate = |body: Vec<u8>| {
+        service
+            .http
+            .post(service.url("/v1/webhook/secret:rotate"))
+            .bearer_auth(&tenant.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{".to_vec(), 400, "INVALID_JSON"),
+        (b"[]".to_vec(), 400, "INVALID_REQUEST"),
+        (vec![b' '; 2 * 1024 * 1024], 413, "PAYLOAD_TOO_LARGE"),
+    ];
+
+    for (body, status, code) in cases {
+        let answer = rotate(body).await.expect("rotate");
+        let got = answer.status().as_u16();
+        let json: Value = answer.json().await.expect("a JSON error body");
+
+        assert_eq!(got, status, "{json}");
+        assert_eq!(json["error"]["code"], code, "{json}");
+        let message = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("RotateBody"),
+            "internal names leak: {message}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_operator_manages_any_tenants_endpoint() {
     let service = Harness::start(Setup::default()).await;
     let tenant = service.tenant().await;

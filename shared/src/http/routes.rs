@@ -104,7 +104,7 @@ struct GenerateBody {
     prompt: String,
     input_image_url: Option<String>,
     mode: Option<String>,
-    deadline_seconds: Option<u64>,
+    deadline_seconds: Option<i64>,
 }
 
 async fn generate(
@@ -190,13 +190,16 @@ async fn generate(
 }
 
 /// A deadline `seconds` from now: at least one second, at most `max`.
-fn deadline_in(seconds: u64, max: std::time::Duration) -> Result<submit::Deadline, ApiError> {
-    if seconds == 0 || seconds > max.as_secs() {
-        return Err(ApiError::bad(
-            ErrorCode::InvalidDeadline,
-            format!("deadlineSeconds must be from 1 to {}", max.as_secs()),
-        ));
-    }
+fn deadline_in(seconds: i64, max: std::time::Duration) -> Result<submit::Deadline, ApiError> {
+    let seconds = u64::try_from(seconds)
+        .ok()
+        .filter(|s| (1..=max.as_secs()).contains(s))
+        .ok_or_else(|| {
+            ApiError::bad(
+                ErrorCode::InvalidDeadline,
+                format!("deadlineSeconds must be from 1 to {}", max.as_secs()),
+            )
+        })?;
     Ok(submit::Deadline::after(
         std::time::Duration::from_secs(seconds),
         Utc::now(),
@@ -297,7 +300,8 @@ async fn list_jobs(
         &tenant.id,
         status,
         limit,
-        params.cursor.as_deref(),
+        // An empty cursor is the first page, as no cursor is.
+        params.cursor.as_deref().filter(|c| !c.is_empty()),
     )
     .await
     .map_err(|e| match e {
@@ -340,7 +344,16 @@ async fn usage(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TenantBody {
     name: String,
-    plan: Option<Plan>,
+    plan: Option<PlanBody>,
+}
+
+/// A plan as a request names it: every field, and nothing else.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PlanBody {
+    requests_per_minute: u32,
+    daily_cap: u32,
+    max_concurrency: u32,
 }
 
 async fn create_tenant(
@@ -349,13 +362,19 @@ async fn create_tenant(
     ApiJson(body): ApiJson<TenantBody>,
 ) -> Result<Response, ApiError> {
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 200 {
+    let length = name.chars().count();
+    if length == 0 || length > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::bad(
             ErrorCode::InvalidRequest,
-            "name must be 1 to 200 characters",
+            "name must be 1 to 200 characters, none of them control characters",
         ));
     }
-    let created = admin::create_tenant(&state.app, name, body.plan.unwrap_or_default()).await?;
+    let plan = body.plan.map_or_else(Plan::default, |p| Plan {
+        requests_per_minute: p.requests_per_minute,
+        daily_cap: p.daily_cap,
+        max_concurrency: p.max_concurrency,
+    });
+    let created = admin::create_tenant(&state.app, name, plan).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({

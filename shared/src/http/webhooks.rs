@@ -3,20 +3,18 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use axum::http::{request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Caller, Operator};
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, OptionalApiJson};
 use super::routes::HttpState;
 use crate::domain::{ErrorCode, Job, JobId, TenantId, WebhookEvent, WebhookUrl};
 use crate::service::jobs;
@@ -152,36 +150,11 @@ struct RotateBody {
     overlap_seconds: Option<u64>,
 }
 
-/// An optional JSON body: empty means `T::default()`.
-fn optional_json<T: DeserializeOwned + Default>(
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad(ErrorCode::InvalidRequest, e.to_string()))
-}
-
 async fn rotate(
     state: &HttpState,
     tenant: &TenantId,
-    headers: &HeaderMap,
-    body: &Bytes,
+    body: RotateBody,
 ) -> Result<Response, ApiError> {
-    let body: RotateBody = optional_json(headers, body)?;
     let overlap = body
         .overlap_seconds
         .map_or(DEFAULT_ROTATION_OVERLAP, Duration::from_secs);
@@ -217,10 +190,9 @@ async fn delete_own(
 async fn rotate_own(
     State(state): State<HttpState>,
     Caller(t): Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    OptionalApiJson(body): OptionalApiJson<RotateBody>,
 ) -> Result<Response, ApiError> {
-    rotate(&state, &t.id, &headers, &body).await
+    rotate(&state, &t.id, body).await
 }
 
 async fn get_any(
@@ -252,10 +224,9 @@ async fn rotate_any(
     State(state): State<HttpState>,
     _operator: Operator,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    OptionalApiJson(body): OptionalApiJson<RotateBody>,
 ) -> Result<Response, ApiError> {
-    rotate(&state, &TenantId::new(tenant), &headers, &body).await
+    rotate(&state, &TenantId::new(tenant), body).await
 }
 
 async fn deliveries(
