@@ -292,6 +292,31 @@ async fn an_image_url_that_redirects_fails_the_job_as_invalid_input_without_call
 }
 
 #[tokio::test]
+async fn an_image_host_that_answers_503_is_retried_under_its_own_code_without_calling_the_model() {
+    let fake = FakeGemini::start().await;
+    fake.always(Reply::ok(answer_with(vec![image_part(&png())])));
+    let origin = origin().await;
+    let env = harness::start(Some(gemini(&fake)), true, true).await;
+
+    let id = env
+        .submit(json!({ "prompt": "a fox", "inputImageUrl": format!("{origin}/busy") }))
+        .await;
+    let mut job = env.job(&id).await;
+    for _ in 0..200 {
+        if job["status"] == "RETRYING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        job = env.job(&id).await;
+    }
+
+    assert_eq!(job["status"], "RETRYING", "{job}");
+    assert_eq!(job["error"]["code"], "INPUT_IMAGE_UNAVAILABLE", "{job}");
+    assert!(fake.calls().is_empty());
+    env.runner.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_image_url_is_fetched_by_the_worker_and_sent_to_the_model() {
     let fake = FakeGemini::start().await;
     fake.always(Reply::ok(answer_with(vec![image_part(&png())])));

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     ContentRefused,
     NoImage,
     InvalidInput,
+    /// The reference image could not be fetched for now (DNS, connection, 5xx); retried.
+    InputImageUnavailable,
     Expired,
     Poison,
     /// The upstream refused the key used; the key is disabled and another one tried.
@@ -88,6 +90,7 @@ impl ErrorCode {
             Self::ContentRefused => "CONTENT_REFUSED",
             Self::NoImage => "NO_IMAGE",
             Self::InvalidInput => "INVALID_INPUT",
+            Self::InputImageUnavailable => "INPUT_IMAGE_UNAVAILABLE",
             Self::Expired => "EXPIRED",
             Self::Poison => "POISON",
             Self::UpstreamKeyRejected => "UPSTREAM_KEY_REJECTED",
@@ -114,6 +117,7 @@ impl FailureClass {
             | ErrorCode::NoImage
             | ErrorCode::UpstreamKeyRejected
             | ErrorCode::Unavailable
+            | ErrorCode::InputImageUnavailable
             | ErrorCode::Internal => Self::Retryable,
             _ => Self::Final,
         }

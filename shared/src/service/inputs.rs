@@ -98,7 +98,7 @@ pub async fn load_for(app: &App, job: &Job) -> Result<Option<InputImage>, Provid
         }
         Err(FetchError::Refused(_, message)) => Err(refused(message)),
         Err(FetchError::Transient(message)) => Err(ProviderError {
-            error: JobError::new(ErrorCode::Unavailable, message),
+            error: JobError::new(ErrorCode::InputImageUnavailable, message),
             key_outcome: KeyOutcome::Neutral,
             retry_after: None,
         }),
