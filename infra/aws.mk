@@ -20,8 +20,9 @@ $(CARGO_LAMBDA):
 	@infra/venv.sh >/dev/null
 	$(IMAGEGEN_VENV)/bin/pip install --quiet --disable-pip-version-check cargo-lambda ziglang
 
+# cargo-lambda finds zig through the venv's python (`python3 -m ziglang`).
 build-lambda: $(CARGO_LAMBDA)
-	$(CARGO_LAMBDA) lambda build --release --arm64 --output-format zip \
+	PATH="$(IMAGEGEN_VENV)/bin:$$PATH" $(CARGO_LAMBDA) lambda build --release --arm64 --output-format zip \
 		$(foreach fn,$(LAMBDA_FUNCTIONS),-p imagegen-$(fn))
 	@for fn in $(LAMBDA_FUNCTIONS); do \
 		printf '%-10s %s bytes\n' $$fn "$$(stat -c %s $${CARGO_TARGET_DIR:-target}/lambda/$$fn/bootstrap.zip)"; \
