@@ -632,6 +632,76 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn racing_tenants_each_keep_their_own_requests_per_minute() {
+                let h = $make(settings()).await;
+                h.group("p1", limits(Some(6), None)).await;
+                h.key("k1", "p1", limits(None, None)).await;
+                let with_rpm = |tenant: &str, rpm: u32, key: bool| {
+                    let mut r = if key { keyed(tenant) } else { request(tenant) };
+                    r.tenant_rpm = Some(rpm);
+                    r
+                };
+                let per_tenant = |answers: &[Admission]| {
+                    let mut counts = std::collections::BTreeMap::new();
+                    for p in granted(answers) {
+                        *counts.entry(p.tenant_id.as_str().to_owned()).or_insert(0) += 1;
+                    }
+                    counts
+                };
+                let mut unkeyed = Vec::new();
+                let mut keyed_racers = Vec::new();
+                for _ in 0..4 {
+                    unkeyed.push(with_rpm("ta", 2, false));
+                    unkeyed.push(with_rpm("tb", 2, false));
+                    keyed_racers.push(with_rpm("tc", 3, true));
+                    keyed_racers.push(with_rpm("td", 3, true));
+                }
+
+                let first = per_tenant(&race(&h.limiter, unkeyed).await);
+                let second = per_tenant(&race(&h.limiter, keyed_racers).await);
+
+                assert_eq!(first.get("ta"), Some(&2), "{first:?}");
+                assert_eq!(first.get("tb"), Some(&2), "{first:?}");
+                // Each tenant to its own limit, and together exactly the project's six.
+                assert_eq!(second.get("tc"), Some(&3), "{second:?}");
+                assert_eq!(second.get("td"), Some(&3), "{second:?}");
+            }
+
+            #[tokio::test]
+            async fn a_full_tenant_answers_with_its_own_wait_even_when_a_key_is_needed() {
+                let h = $make(settings()).await;
+                h.group("p1", limits(None, None)).await;
+                h.key("k1", "p1", limits(None, None)).await;
+                let mut r = keyed("t1");
+                r.tenant_concurrency = 1;
+
+                let _held = h.grant(&r).await;
+                let wait = h.denied(&r).await;
+
+                assert!(wait <= settings().busy_retry, "{wait:?}");
+            }
+
+            #[tokio::test]
+            async fn a_racer_denied_by_a_short_lease_just_granted_waits_only_for_that_lease() {
+                let h = $make(settings()).await;
+                let mut r = request("t1");
+                r.tenant_concurrency = 1;
+                r.lease = Duration::from_millis(40);
+
+                let answers = race(&h.limiter, vec![r.clone(), r]).await;
+                let waits: Vec<Duration> = answers
+                    .iter()
+                    .filter_map(|a| match a {
+                        Admission::Denied { retry_after } => Some(*retry_after),
+                        Admission::Granted(_) => None,
+                    })
+                    .collect();
+
+                assert_eq!(waits.len(), 1, "{answers:?}");
+                assert!(waits[0] <= Duration::from_millis(40), "{waits:?}");
+            }
+
+            #[tokio::test]
             async fn racing_releases_of_one_lease_count_its_outcome_once() {
                 let h = $make(settings()).await;
                 h.group("p1", limits(None, None)).await;

@@ -60,7 +60,7 @@ for j = 1, nreq do
   local a = request_base + (j - 1) * 6
   local r = {lease = tonumber(ARGV[a + 1]), suffix = ARGV[a + 2], needs_key = ARGV[a + 3] == '1',
     rpm = tonumber(ARGV[a + 4]), conc = tonumber(ARGV[a + 5]), tenant = ARGV[a + 6],
-    log = KEYS[3 + 2 * ncand + j]}
+    log = KEYS[4 + 2 * ncand + j]}
   r.tf = 't:' .. r.tenant
   want(r.tf)
   if r.needs_key then any_key = true end
@@ -143,12 +143,16 @@ end
 
 -- The earliest expiry of any lease: no level's first lease ends sooner, so waking then is
 -- never too late. Read at most once per call, and only when some level is full.
+local pending_expiry
 local function concurrency_wait()
   if not first_expiry then
     local e = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
     first_expiry = tonumber(e[2] or (now + busy))
   end
-  return math.max(math.min(first_expiry - now, busy), 1)
+  -- Leases granted earlier in this call are not stored yet and may end sooner.
+  local soonest = first_expiry
+  if pending_expiry and pending_expiry < soonest then soonest = pending_expiry end
+  return math.max(math.min(soonest - now, busy), 1)
 end
 
 -- How long until a level could admit one more (0 = now), and how full it is (`spread`: also
@@ -245,9 +249,10 @@ local function decide(r)
     end
   end
 
-  if not best then
-    local key_wait = soonest or no_key_retry
-    if key_wait > shared_wait then return key_wait end
+  -- A full global or tenant level answers with its own wait; only when the keys were looked at
+  -- and none could admit does theirs count.
+  if not best and shared_wait == 0 then
+    return soonest or no_key_retry
   end
   return shared_wait, best
 end
@@ -294,7 +299,7 @@ for j = 1, nreq do
     local expiry = now + r.lease
     index_adds[#index_adds + 1] = expiry
     index_adds[#index_adds + 1] = lease
-    if first_expiry and expiry < first_expiry then first_expiry = expiry end
+    if not pending_expiry or expiry < pending_expiry then pending_expiry = expiry end
 
     if global_rpm >= 0 then admit(KEYS[4], short) end
     if r.rpm >= 0 then admit(r.log, short) end

@@ -264,8 +264,10 @@ impl LocalLimiter {
             }
         }
 
+        // A full global or tenant level answers with its own wait: the keys were not looked at.
         let key_wait = match (&chosen, request.needs_key) {
             (_, false) | (Some(_), true) => 0,
+            (None, true) if shared_wait > 0 => 0,
             (None, true) => soonest.unwrap_or(ms(settings.no_key_retry)),
         };
         let wait = shared_wait.max(key_wait);
