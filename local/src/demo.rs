@@ -194,7 +194,10 @@ pub async fn run_with(
     )
     .await?;
     let job_id = submitted["jobId"].as_str().unwrap_or_default().to_owned();
-    steps.done(&format!("submitted {job_id}: {}", submitted["status"]));
+    steps.done(&format!(
+        "submitted {prompt:?} as a draft: {job_id} {}",
+        submitted["status"]
+    ));
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
