@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imagegen::domain::{JobId, JobStatus, Mode, Plan, Prompt, Tenant, WebhookEvent, WebhookUrl};
+use imagegen::domain::{JobStatus, Plan, WebhookEvent, WebhookUrl};
 use imagegen::handlers;
 use imagegen::ports::{
     Generation, GenerationRequest, Provider, ProviderError, QueueConsumer, QueueName,
 };
 use imagegen::provider::OfflineProvider;
-use imagegen::service::submit::{submit, Submission};
 use imagegen::service::webhooks::{self, EndpointSettings};
 use imagegen_tests::harness::{fast_settings, Harness};
 use secrecy::SecretString;
@@ -63,36 +62,12 @@ async fn slow_harness() -> Harness {
     harness
 }
 
-async fn submit_one(h: &Harness, tenant: &Tenant) -> JobId {
-    let submission = Submission {
-        prompt: Prompt::parse("batch test").expect("prompt"),
-        mode: Mode::Draft,
-        input_image_url: None,
-        deadline: None,
-    };
-    submit(&h.app, tenant, submission, None)
-        .await
-        .expect("submit")
-        .job
-        .id
-}
-
-async fn status(h: &Harness, id: &JobId) -> JobStatus {
-    h.app
-        .store
-        .get_job(id)
-        .await
-        .expect("read")
-        .expect("job exists")
-        .status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_records_of_one_batch_finish_in_about_one_provider_latency() {
     let h = slow_harness().await;
     let tenant = h.tenant(plan()).await;
-    let first = submit_one(&h, &tenant).await;
-    let second = submit_one(&h, &tenant).await;
+    let first = h.submit_draft(&tenant, "batch test").await;
+    let second = h.submit_draft(&tenant, "batch test").await;
     let batch = h
         .queue
         .receive(QueueName::Generate, 10, Duration::from_secs(30))
@@ -109,8 +84,8 @@ async fn two_records_of_one_batch_finish_in_about_one_provider_latency() {
     let took = started.elapsed();
 
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(status(&h, &first).await, JobStatus::Succeeded);
-    assert_eq!(status(&h, &second).await, JobStatus::Succeeded);
+    assert_eq!(h.job(&first).await.status, JobStatus::Succeeded);
+    assert_eq!(h.job(&second).await.status, JobStatus::Succeeded);
     assert!(
         took < LATENCY * 3 / 2,
         "a batch of two took {took:?}; one after another would take {:?}",
@@ -122,7 +97,7 @@ async fn two_records_of_one_batch_finish_in_about_one_provider_latency() {
 async fn a_failing_record_is_the_only_one_the_batch_response_names() {
     let h = slow_harness().await;
     let tenant = h.tenant(plan()).await;
-    let good = submit_one(&h, &tenant).await;
+    let good = h.submit_draft(&tenant, "batch test").await;
     let mut batch = h
         .queue
         .receive(QueueName::Generate, 10, Duration::from_secs(30))
@@ -145,7 +120,7 @@ async fn a_failing_record_is_the_only_one_the_batch_response_names() {
         .map(|f| f.item_identifier.as_str())
         .collect();
     assert_eq!(failed, vec!["unreadable"]);
-    assert_eq!(status(&h, &good).await, JobStatus::Succeeded);
+    assert_eq!(h.job(&good).await.status, JobStatus::Succeeded);
 }
 
 /// A webhook receiver that answers 204 after [`LATENCY`]; returns its URL and a count of the
@@ -189,8 +164,8 @@ async fn two_webhooks_of_one_batch_are_delivered_in_about_one_receiver_latency()
     webhooks::configure(&h.app, &tenant.id, endpoint)
         .await
         .expect("webhook configured");
-    submit_one(&h, &tenant).await;
-    submit_one(&h, &tenant).await;
+    h.submit_draft(&tenant, "batch test").await;
+    h.submit_draft(&tenant, "batch test").await;
     h.pump(QueueName::Generate).await;
     let batch = h
         .queue

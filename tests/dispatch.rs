@@ -7,9 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
-use imagegen::domain::{Job, JobId, JobStatus, Mode, Plan, Prompt, Tenant};
+use imagegen::domain::{Job, JobId, JobStatus, Plan};
 use imagegen::ports::{QueueConsumer, QueueName};
-use imagegen::service::submit::{submit, Submission};
 use imagegen_tests::harness::{fast_settings, server_error, Harness, Step};
 
 fn plan(max_concurrency: u32) -> Plan {
@@ -18,29 +17,6 @@ fn plan(max_concurrency: u32) -> Plan {
         daily_cap: 1000,
         max_concurrency,
     }
-}
-
-async fn submit_one(h: &Harness, tenant: &Tenant, prompt: &str) -> JobId {
-    let submission = Submission {
-        prompt: Prompt::parse(prompt).expect("prompt"),
-        mode: Mode::Draft,
-        input_image_url: None,
-        deadline: None,
-    };
-    submit(&h.app, tenant, submission, None)
-        .await
-        .expect("submit")
-        .job
-        .id
-}
-
-async fn job(h: &Harness, id: &JobId) -> Job {
-    h.app
-        .store
-        .get_job(id)
-        .await
-        .expect("read")
-        .expect("job exists")
 }
 
 /// Receive one generate message and hand it to the handler, as one Lambda invocation would.
@@ -81,7 +57,7 @@ async fn until_terminal(h: &Harness, ids: &[JobId]) -> Vec<Job> {
     assert!(finished, "jobs never ended");
     let mut jobs = Vec::new();
     for id in ids {
-        jobs.push(job(h, id).await);
+        jobs.push(h.job(id).await);
     }
     jobs
 }
@@ -91,14 +67,14 @@ async fn a_tenant_at_its_max_concurrency_waits_for_a_slot_without_spending_an_at
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan(1)).await;
     h.provider.push([Step::Hang]);
-    let first = submit_one(&h, &tenant, "first").await;
-    let second = submit_one(&h, &tenant, "second").await;
+    let first = h.submit_draft(&tenant, "first").await;
+    let second = h.submit_draft(&tenant, "second").await;
 
     let running = dispatch_one(&h).await;
     let mut waited = 0;
     loop {
-        let a = job(&h, &first).await.status;
-        let b = job(&h, &second).await.status;
+        let a = h.job(&first).await.status;
+        let b = h.job(&second).await.status;
         if a == JobStatus::Running || b == JobStatus::Running {
             break;
         }
@@ -106,13 +82,13 @@ async fn a_tenant_at_its_max_concurrency_waits_for_a_slot_without_spending_an_at
         waited += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (busy, other) = if job(&h, &first).await.status == JobStatus::Running {
+    let (busy, other) = if h.job(&first).await.status == JobStatus::Running {
         (first.clone(), second.clone())
     } else {
         (second.clone(), first.clone())
     };
     dispatch_one(&h).await.await.expect("second dispatch");
-    let held_back = job(&h, &other).await;
+    let held_back = h.job(&other).await;
     let calls_while_busy = h.provider.calls.load(Ordering::SeqCst);
     running.await.expect("first dispatch");
     let done = until_terminal(&h, &[busy, other]).await;
@@ -137,9 +113,9 @@ async fn a_job_canceled_while_retrying_is_never_dispatched_again_and_refunds() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan(4)).await;
     h.provider.push([server_error()]);
-    let id = submit_one(&h, &tenant, "canceled between attempts").await;
+    let id = h.submit_draft(&tenant, "canceled between attempts").await;
     h.pump(QueueName::Generate).await;
-    let retrying = job(&h, &id).await;
+    let retrying = h.job(&id).await;
 
     let canceled = imagegen::service::jobs::cancel(&h.app, retrying.clone())
         .await
@@ -150,7 +126,7 @@ async fn a_job_canceled_while_retrying_is_never_dispatched_again_and_refunds() {
         h.pump(QueueName::Generate).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let after = job(&h, &id).await;
+    let after = h.job(&id).await;
     let units = h
         .app
         .store

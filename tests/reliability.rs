@@ -30,23 +30,6 @@ fn submission(prompt: &str) -> Submission {
     }
 }
 
-async fn submit_one(h: &Harness, tenant: &Tenant) -> JobId {
-    submit(&h.app, tenant, submission("fault test"), None)
-        .await
-        .expect("submit")
-        .job
-        .id
-}
-
-async fn job(h: &Harness, id: &JobId) -> Job {
-    h.app
-        .store
-        .get_job(id)
-        .await
-        .expect("read")
-        .expect("job exists")
-}
-
 async fn run_to_end(h: &Harness, id: &JobId) -> Job {
     let store = h.app.store.clone();
     let finished = h
@@ -59,7 +42,7 @@ async fn run_to_end(h: &Harness, id: &JobId) -> Job {
             }
         })
         .await;
-    let job = job(h, id).await;
+    let job = h.job(id).await;
     assert!(finished, "job never ended: {job:?}");
     job
 }
@@ -83,7 +66,7 @@ async fn a_throttle_storm_is_retried_until_the_upstream_recovers() {
     let tenant = h.tenant(plan()).await;
     h.provider
         .push([throttled(None), throttled(None), server_error()]);
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     let done = run_to_end(&h, &id).await;
 
@@ -105,7 +88,7 @@ async fn endless_throttling_fails_after_max_attempts_with_the_last_error_and_ref
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push(std::iter::repeat_n(throttled(None), 10));
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     let done = run_to_end(&h, &id).await;
 
@@ -122,7 +105,7 @@ async fn a_content_refusal_is_final_at_once() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push([refused()]);
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     let done = run_to_end(&h, &id).await;
 
@@ -137,7 +120,7 @@ async fn a_hang_past_the_timeout_becomes_a_retryable_timeout() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push([Step::Hang]);
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     let done = run_to_end(&h, &id).await;
 
@@ -152,10 +135,10 @@ async fn an_upstream_retry_hint_longer_than_the_backoff_is_honoured() {
     let tenant = h.tenant(plan()).await;
     h.provider
         .push([throttled(Some(Duration::from_millis(600)))]);
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     h.pump(QueueName::Generate).await;
-    let retrying = job(&h, &id).await;
+    let retrying = h.job(&id).await;
 
     assert_eq!(retrying.status, JobStatus::Retrying);
     let wait = retrying.not_before.expect("not_before") - retrying.updated_at;
@@ -169,7 +152,7 @@ async fn an_upstream_retry_hint_longer_than_the_backoff_is_honoured() {
 async fn concurrent_deliveries_of_one_message_run_the_job_once() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     let copy = serde_json::to_string(&GenerateMessage {
         job_id: id.clone(),
         tenant_id: tenant.id.clone(),
@@ -219,7 +202,7 @@ async fn concurrent_deliveries_of_one_message_run_the_job_once() {
 async fn a_message_for_a_finished_job_is_acknowledged_and_dropped() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     let done = run_to_end(&h, &id).await;
     let late = serde_json::to_string(&GenerateMessage {
         job_id: id.clone(),
@@ -234,7 +217,7 @@ async fn a_message_for_a_finished_job_is_acknowledged_and_dropped() {
     h.pump(QueueName::Generate).await;
 
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
-    assert_eq!(job(&h, &id).await.version, done.version);
+    assert_eq!(h.job(&id).await.version, done.version);
     assert_eq!(
         h.pump(QueueName::Generate).await,
         0,
@@ -252,7 +235,7 @@ async fn a_message_for_a_finished_job_is_acknowledged_and_dropped() {
 async fn a_worker_killed_after_the_upstream_answered_is_taken_over_once_its_lease_ends() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     h.blobs.hang.store(true, Ordering::SeqCst);
 
     let app = h.app.clone();
@@ -270,7 +253,7 @@ async fn a_worker_killed_after_the_upstream_answered_is_taken_over_once_its_leas
     });
     h.blobs.reached.notified().await;
     doomed.abort();
-    let orphan = job(&h, &id).await;
+    let orphan = h.job(&id).await;
     assert_eq!(orphan.status, JobStatus::Running);
 
     let done = run_to_end(&h, &id).await;
@@ -338,7 +321,7 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_after_max_attempts_witho
     settings.max_attempts = 2;
     let h = Harness::new(settings).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     for _ in 0..2 {
         kill_the_worker_mid_attempt(&h).await;
@@ -360,7 +343,7 @@ async fn a_failed_queue_send_after_the_job_write_is_recovered_by_the_reconciler(
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.flaky_queue.failing.store(true, Ordering::SeqCst);
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     h.flaky_queue.failing.store(false, Ordering::SeqCst);
     assert_eq!(h.pump(QueueName::Generate).await, 0, "nothing was queued");
 
@@ -379,13 +362,13 @@ async fn an_unreachable_limiter_pauses_dispatch_and_jobs_wait_instead_of_failing
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.limiter.down.store(true, Ordering::SeqCst);
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     for _ in 0..5 {
         h.pump(QueueName::Generate).await;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    let waiting = job(&h, &id).await;
+    let waiting = h.job(&id).await;
     h.limiter.down.store(false, Ordering::SeqCst);
     let done = run_to_end(&h, &id).await;
 
@@ -400,7 +383,7 @@ async fn a_denied_job_is_redelayed_without_counting_attempts_or_receives() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(20));
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     let mut most_receives = 0;
     for _ in 0..10 {
@@ -429,7 +412,7 @@ async fn a_denied_job_is_redelayed_without_counting_attempts_or_receives() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let waiting = job(&h, &id).await;
+    let waiting = h.job(&id).await;
     *h.limiter.deny_for.lock().expect("deny") = None;
     let done = run_to_end(&h, &id).await;
 
@@ -449,7 +432,7 @@ async fn a_job_kept_waiting_for_capacity_across_reconciles_keeps_one_message() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(100));
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
 
     for _ in 0..5 {
         h.pump(QueueName::Generate).await;
@@ -463,7 +446,7 @@ async fn a_job_kept_waiting_for_capacity_across_reconciles_keeps_one_message() {
         .receive(QueueName::Generate, 10, h.visibility)
         .await
         .expect("receive");
-    let waiting = job(&h, &id).await;
+    let waiting = h.job(&id).await;
     *h.limiter.deny_for.lock().expect("deny") = None;
     let done = run_to_end(&h, &id).await;
 
@@ -505,7 +488,7 @@ async fn an_unreadable_message_ends_in_the_dead_letter_queue() {
 async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poison() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     // The job must wait, but the wait cannot be queued: every step fails inside the service.
     *h.limiter.deny_for.lock().expect("deny") = Some(Duration::from_millis(5));
     h.flaky_queue.failing.store(true, Ordering::SeqCst);
@@ -514,7 +497,7 @@ async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poi
         h.pump(QueueName::Generate).await;
         tokio::time::sleep(h.visibility + Duration::from_millis(20)).await;
     }
-    let failed = job(&h, &id).await;
+    let failed = h.job(&id).await;
 
     assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(
@@ -536,8 +519,8 @@ async fn a_job_whose_message_keeps_failing_inside_the_service_ends_failed_as_poi
 async fn a_poisoned_message_leaves_alone_a_job_another_worker_is_running() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
-    let queued = job(&h, &id).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
+    let queued = h.job(&id).await;
     let now = Utc::now();
     let running = queued
         .start("other-worker", now + chrono::Duration::seconds(60), now)
@@ -554,7 +537,7 @@ async fn a_poisoned_message_leaves_alone_a_job_another_worker_is_running() {
         h.pump(QueueName::Generate).await;
         tokio::time::sleep(h.visibility + Duration::from_millis(20)).await;
     }
-    let after = job(&h, &id).await;
+    let after = h.job(&id).await;
 
     assert_eq!(after.status, JobStatus::Running);
     assert_eq!(after.lease_owner.as_deref(), Some("other-worker"));
@@ -566,7 +549,7 @@ async fn canceling_a_running_job_discards_its_result_and_refunds() {
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
     h.provider.push([Step::Hang]);
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     let app = h.app.clone();
     let batch = h
         .queue
@@ -580,11 +563,11 @@ async fn canceling_a_running_job_discards_its_result_and_refunds() {
         )
         .await
     });
-    while job(&h, &id).await.status != JobStatus::Running {
+    while h.job(&id).await.status != JobStatus::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    let asked = imagegen::service::jobs::cancel(&h.app, job(&h, &id).await)
+    let asked = imagegen::service::jobs::cancel(&h.app, h.job(&id).await)
         .await
         .expect("cancel");
     worker.await.expect("worker");
@@ -698,12 +681,12 @@ async fn with_redis_gone_submissions_are_still_accepted_and_jobs_wait_for_dispat
     let tenant = h.tenant(plan()).await;
     drop(server);
 
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     for _ in 0..3 {
         h.pump(QueueName::Generate).await;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    let waiting = job(&h, &id).await;
+    let waiting = h.job(&id).await;
 
     assert_eq!(waiting.status, JobStatus::Queued);
     assert_eq!(waiting.attempts, 0);
@@ -765,7 +748,7 @@ async fn a_notice_queued_twice_reaches_the_receiver_with_one_id_and_identical_by
 
     let h = Harness::new(fast_settings()).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     let done = run_to_end(&h, &id).await;
     let (url, seen) = slow_receiver(Duration::from_millis(300)).await;
     configure(
@@ -817,13 +800,13 @@ async fn finalizing_a_draft_again_after_its_idempotency_record_expired_returns_t
     settings.idempotency_ttl = Duration::ZERO;
     let h = Harness::new(settings).await;
     let tenant = h.tenant(plan()).await;
-    let id = submit_one(&h, &tenant).await;
+    let id = h.submit_draft(&tenant, "fault test").await;
     let draft = run_to_end(&h, &id).await;
 
     let first = imagegen::service::finalize::finalize(&h.app, &tenant, &draft)
         .await
         .expect("finalize");
-    let draft = job(&h, &id).await;
+    let draft = h.job(&id).await;
     let again = imagegen::service::finalize::finalize(&h.app, &tenant, &draft)
         .await
         .expect("finalize again");

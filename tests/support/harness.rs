@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use imagegen::blob::FsBlobStore;
-use imagegen::domain::{ErrorCode, JobError, Plan, Tenant};
+use imagegen::domain::{ErrorCode, Job, JobError, JobId, Mode, Plan, Prompt, Tenant};
 use imagegen::limiter::LimiterSettings;
 use imagegen::ports::{
     Admission, BlobStore, GeneratedImage, Generation, GenerationRequest, KeyOutcome, Limiter,
@@ -310,6 +310,31 @@ impl Harness {
             .await
             .expect("tenant")
             .tenant
+    }
+
+    /// Submit a draft of `prompt` for `tenant` through the service, as the API would.
+    pub async fn submit_draft(&self, tenant: &Tenant, prompt: &str) -> JobId {
+        let submission = imagegen::service::submit::Submission {
+            prompt: Prompt::parse(prompt).expect("prompt"),
+            mode: Mode::Draft,
+            input_image_url: None,
+            deadline: None,
+        };
+        imagegen::service::submit::submit(&self.app, tenant, submission, None)
+            .await
+            .expect("submit")
+            .job
+            .id
+    }
+
+    /// The job as stored.
+    pub async fn job(&self, id: &JobId) -> Job {
+        self.app
+            .store
+            .get_job(id)
+            .await
+            .expect("read")
+            .expect("job exists")
     }
 
     /// Receive what is visible on `queue` and run it through the handler like Lambda would:
