@@ -19,24 +19,6 @@ fn gemini(fake: &FakeGemini) -> Arc<GeminiProvider> {
     Arc::new(GeminiProvider::new(settings).expect("provider"))
 }
 
-/// Upload `bytes` as a reference image and return its `upload://` reference.
-async fn upload(env: &harness::Env, bytes: Vec<u8>) -> String {
-    let (status, ticket) = env.post("/v1/uploads", json!({})).await;
-    assert_eq!(status, 201, "{ticket}");
-    let put = env
-        .http
-        .put(ticket["uploadUrl"].as_str().expect("upload url"))
-        .body(bytes)
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(put.status().as_u16(), 200);
-    ticket["inputImageUrl"]
-        .as_str()
-        .expect("reference")
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_gemini_job_records_provider_model_latency_and_usage() {
     let fake = FakeGemini::start().await;
@@ -122,7 +104,7 @@ async fn finalizing_a_succeeded_draft_makes_one_final_job_with_the_same_prompt()
     let fake = FakeGemini::start().await;
     fake.always(Reply::ok(answer_with(vec![image_part(&png())])));
     let env = harness::start(Some(gemini(&fake)), true, true).await;
-    let reference = upload(&env, png()).await;
+    let reference = env.upload(png()).await;
     let draft = env
         .submit(json!({ "prompt": "a lighthouse", "mode": "draft", "inputImageUrl": reference }))
         .await;

@@ -55,6 +55,26 @@ pub async fn start(
 }
 
 impl Env {
+    /// Upload `bytes` as a reference image through `POST /v1/uploads` and its presigned PUT;
+    /// returns the `upload://` reference a job can name.
+    pub async fn upload(&self, bytes: Vec<u8>) -> String {
+        let (status, ticket) = self.post("/v1/uploads", json!({})).await;
+        assert_eq!(status, 201, "{ticket}");
+        assert_eq!(ticket["method"], "PUT");
+        let put = self
+            .http
+            .put(ticket["uploadUrl"].as_str().expect("upload url"))
+            .body(bytes)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(put.status().as_u16(), 200);
+        ticket["inputImageUrl"]
+            .as_str()
+            .expect("reference")
+            .to_owned()
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http

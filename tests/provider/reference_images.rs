@@ -191,30 +191,12 @@ fn gemini(fake: &FakeGemini) -> Arc<GeminiProvider> {
     Arc::new(GeminiProvider::new(settings).expect("provider"))
 }
 
-async fn upload(env: &harness::Env, bytes: Vec<u8>) -> String {
-    let (status, ticket) = env.post("/v1/uploads", json!({})).await;
-    assert_eq!(status, 201, "{ticket}");
-    assert_eq!(ticket["method"], "PUT");
-    let put = env
-        .http
-        .put(ticket["uploadUrl"].as_str().expect("upload url"))
-        .body(bytes)
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(put.status().as_u16(), 200);
-    ticket["inputImageUrl"]
-        .as_str()
-        .expect("reference")
-        .to_owned()
-}
-
 #[tokio::test]
 async fn an_uploaded_image_reaches_the_model_as_inline_data() {
     let fake = FakeGemini::start().await;
     fake.always(Reply::ok(answer_with(vec![image_part(&png())])));
     let env = harness::start(Some(gemini(&fake)), true, true).await;
-    let reference = upload(&env, png()).await;
+    let reference = env.upload(png()).await;
 
     let id = env
         .submit(json!({ "prompt": "make it blue", "inputImageUrl": reference }))
@@ -231,7 +213,7 @@ async fn an_uploaded_image_reaches_the_model_as_inline_data() {
 #[tokio::test]
 async fn an_upload_that_is_not_an_accepted_image_is_refused_at_submit() {
     let env = harness::start(None, true, false).await;
-    let reference = upload(&env, b"GIF89a\x01\x00\x01\x00".to_vec()).await;
+    let reference = env.upload(b"GIF89a\x01\x00\x01\x00".to_vec()).await;
 
     let (status, body) = env
         .post(
