@@ -262,6 +262,19 @@ pub enum BoundedRead {
     },
 }
 
+impl BoundedRead {
+    /// What a read of `bytes` under a limit of `max_bytes` found.
+    pub fn of(bytes: Bytes, max_bytes: usize) -> Self {
+        if bytes.len() > max_bytes {
+            Self::TooLarge {
+                size: bytes.len() as u64,
+            }
+        } else {
+            Self::Found(bytes)
+        }
+    }
+}
+
 /// Image storage.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
@@ -283,15 +296,10 @@ pub trait BlobStore: Send + Sync {
     /// # Errors
     /// [`PortError`] when the store fails.
     async fn get_at_most(&self, key: &str, max_bytes: usize) -> PortResult<Option<BoundedRead>> {
-        Ok(self.get(key).await?.map(|bytes| {
-            if bytes.len() > max_bytes {
-                BoundedRead::TooLarge {
-                    size: bytes.len() as u64,
-                }
-            } else {
-                BoundedRead::Found(bytes)
-            }
-        }))
+        Ok(self
+            .get(key)
+            .await?
+            .map(|bytes| BoundedRead::of(bytes, max_bytes)))
     }
 
     /// A fresh URL that lets anyone GET the object for `ttl`.

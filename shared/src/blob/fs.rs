@@ -132,15 +132,10 @@ impl BlobStore for FsBlobStore {
             return Ok(Some(BoundedRead::TooLarge { size }));
         }
         // The file may grow between the two calls; the length is checked again after.
-        Ok(self.get(key).await?.map(|bytes| {
-            if bytes.len() > max_bytes {
-                BoundedRead::TooLarge {
-                    size: bytes.len() as u64,
-                }
-            } else {
-                BoundedRead::Found(bytes)
-            }
-        }))
+        Ok(self
+            .get(key)
+            .await?
+            .map(|bytes| BoundedRead::of(bytes, max_bytes)))
     }
 
     async fn signed_url(&self, key: &str, ttl: Duration) -> PortResult<SignedUrl> {
