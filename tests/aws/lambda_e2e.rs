@@ -216,12 +216,16 @@ fn redis_target(url: String, stack: &Stack) -> RedisTarget {
 }
 
 /// Every key the limiter wrote under the test's namespace.
-async fn limiter_keys(url: &str, stack: &Stack) -> Vec<String> {
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(url).unwrap_or_else(|e| panic!("{e}"));
-    let mut connection = client
+    client
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn limiter_keys(url: &str, stack: &Stack) -> Vec<String> {
+    let mut connection = redis_connection(url).await;
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{{e2e-{}}}:*", stack.id))
         .query_async(&mut connection)
@@ -233,11 +237,7 @@ async fn limiter_keys(url: &str, stack: &Stack) -> Vec<String> {
 
 /// Limiter scripts redis-server has run so far (`INFO commandstats`).
 async fn script_calls(url: &str) -> u64 {
-    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("{e}"));
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut connection = redis_connection(url).await;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut connection)
